@@ -1,0 +1,1 @@
+//! wopbox host library (filled by the core-host work).

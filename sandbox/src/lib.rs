@@ -1,0 +1,1 @@
+//! wopbox-sandbox (filled by the sandbox work).
