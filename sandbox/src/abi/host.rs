@@ -1,0 +1,1 @@
+//! Store data and host functions shared by the core-module ABIs.

@@ -1,0 +1,1 @@
+//! Validation, declared-size bounds and import gating, before anything runs.
