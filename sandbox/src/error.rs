@@ -121,13 +121,14 @@ pub enum SandboxError {
     /// The module imports something that would reach outside the sandbox
     /// (WASI fs/env/sockets/process, or any unknown import). Refused before
     /// instantiation.
-    #[error("sandbox escape attempt ({kind}): module imports `{module}.{name}`")]
+    #[error("sandbox escape attempt ({kind}): module imports `{module}{}{name}`", if name.is_empty() { "" } else { "." })]
     EscapeAttempt {
         /// Escape class.
         kind: EscapeKind,
-        /// Import module, e.g. `wasi_snapshot_preview1`.
+        /// Import module, e.g. `wasi_snapshot_preview1`; for components the
+        /// whole interface, e.g. `wasi:filesystem/types@0.2.6`.
         module: String,
-        /// Import name, e.g. `fd_read`.
+        /// Import name, e.g. `fd_read`; empty for component interfaces.
         name: String,
     },
 
@@ -261,7 +262,9 @@ impl SandboxError {
         match self {
             SandboxError::EscapeAttempt { kind, module, name } => {
                 d.insert("escapeKind".into(), kind.as_str().into());
-                d.insert("import".into(), format!("{module}.{name}").into());
+                // Component imports are whole interfaces (`wasi:filesystem/types@0.2.6`): no `.name`.
+                let import = if name.is_empty() { module.clone() } else { format!("{module}.{name}") };
+                d.insert("import".into(), import.into());
             }
             SandboxError::CapabilityDenied { capability } => {
                 d.insert("requestedCapability".into(), capability.clone().into());

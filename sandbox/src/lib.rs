@@ -416,6 +416,14 @@ pub struct InvokeOutcome {
     pub channel_writes: Vec<(String, Value)>,
     /// `openwop_variable_set` calls, in order.
     pub variable_writes: Vec<(String, Value)>,
+    /// Captured guest stdout (component packs; WASI), at most
+    /// [`Limits::max_output_bytes`].
+    pub stdout: String,
+    /// Captured guest stderr (component packs; WASI), at most
+    /// [`Limits::max_output_bytes`].
+    pub stderr: String,
+    /// stdout + stderr bytes dropped over the cap.
+    pub output_dropped_bytes: u64,
 }
 
 impl InvokeOutcome {
@@ -427,6 +435,9 @@ impl InvokeOutcome {
             logs_dropped: 0,
             channel_writes: Vec::new(),
             variable_writes: Vec::new(),
+            stdout: String::new(),
+            stderr: String::new(),
+            output_dropped_bytes: 0,
         }
     }
 }
