@@ -9,6 +9,24 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# --- Core-module packs (RFC 0008 ABI v1, hand-written WAT) ------------------
+# WAT -> wasm through sandbox/examples/wat2wasm.rs (the `wat` crate): needs
+# only cargo, no wabt and no wasm target.
+build_wat() {
+  local wat="$1" wasm="$2"
+  "$WAT2WASM" "$wat" "$wasm"
+}
+(
+  cd ..
+  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+  cargo build -q -p wopbox-sandbox --example wat2wasm
+)
+WAT2WASM="${CARGO_TARGET_DIR:-$(cd .. && pwd)/target}/debug/examples/wat2wasm"
+build_wat greet/greet.wat                    greet/greet.wasm
+build_wat rust-hello/rust-hello.wat          rust-hello/rust-hello.wasm
+build_wat misbehaving-memory/memory-bomb.wat misbehaving-memory/memory-bomb.wasm
+build_wat misbehaving-abi/abi-bomb.wat       misbehaving-abi/abi-bomb.wasm
+
 # --- Rust component packs (wasm32-wasip2, wit-bindgen against ../wit) -------
 build_component() {
   local dir="$1" artifact="$2"
