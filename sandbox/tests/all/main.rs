@@ -3,6 +3,7 @@
 
 mod adversarial;
 mod cache;
+mod component;
 mod probes;
 mod rfc0008;
 mod util;
