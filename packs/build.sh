@@ -46,3 +46,4 @@ build_component() {
 }
 
 build_component files-component files_component.wasm
+build_component http-component http_component.wasm

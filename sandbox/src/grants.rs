@@ -43,6 +43,13 @@ pub struct Grants {
     /// Environment variables (name, value) a component pack may read; the
     /// host decides the values, nothing is inherited.
     pub env: Vec<(String, String)>,
+    /// Link `wasi:cli/environment` for a component pack even when `env` is
+    /// empty (the guest then sees an empty environment). Rust's std makes
+    /// every `wasm32-wasip2` component import that interface, so an
+    /// operator granting `env.read` with no variables sets this. A non-empty
+    /// `env` implies it. Without either, the import is refused as
+    /// `host-env-leak`.
+    pub env_read: bool,
     /// Outbound HTTP hosts a component pack may call (allowlist entries such
     /// as `api.example.com`, `https://api.example.com:443`, `*.example.com`).
     pub outbound_hosts: Vec<String>,

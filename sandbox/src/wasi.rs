@@ -234,7 +234,7 @@ fn escape(kind: EscapeKind, import: &str) -> SandboxError {
 /// | `wasi:cli/{stdin,stdout,stderr,terminal-*}` | always (stdin closed, output captured and capped) | — |
 /// | `wasi:cli/exit` | always: it unwinds only the guest's own instance and surfaces as a failed invocation (`sandbox_invocation_error`, `reason: "exit"`); no WASI p2 interface can signal, spawn or exit the host process | — |
 /// | `wasi:filesystem/{types,preopens}` | ≥ 1 preopened dir | escape `host-fs-escape` |
-/// | `wasi:cli/environment` | ≥ 1 env var granted | escape `host-env-leak` |
+/// | `wasi:cli/environment` | `env_read`, or ≥ 1 env var granted (Rust std imports it in every `wasm32-wasip2` component) | escape `host-env-leak` |
 /// | `wasi:http/{types,outgoing-handler}` | ≥ 1 outbound host | escape `network-escape` |
 /// | other `wasi:http/*`, every `wasi:sockets/*` | never | escape `network-escape` |
 /// | any other `wasi:*` (`wasi:cli/run` as an import, `wasi:threads`, …) | never | escape `host-process-escape` (the reference gate's default) |
@@ -243,7 +243,7 @@ fn escape(kind: EscapeKind, import: &str) -> SandboxError {
 pub fn classify_import(name: &str, grants: &Grants) -> Result<Linked, SandboxError> {
     let (pkg, iface) = split_import(name);
     let fs = !grants.preopened_dirs.is_empty();
-    let env = !grants.env.is_empty();
+    let env = grants.env_read || !grants.env.is_empty();
     let http = !grants.outbound_hosts.is_empty();
     match pkg {
         "openwop:node" if iface == "host" || iface == "types" => Ok(Linked::Baseline),

@@ -9,8 +9,9 @@
 //! * stdout/stderr are captured and capped without killing the guest;
 //! * every un-granted WASI interface / host capability import is refused
 //!   at load, before instantiation, with the RFC 0035 code and details;
-//! * the outbound HTTP allowlist hook denies non-allowlisted hosts (tested
-//!   directly against a loopback server; no HTTP-doing guest is built);
+//! * outbound HTTP: the http pack (a Rust guest using `wasi:http`) reaches
+//!   an allowlisted loopback server and is denied everything else; the
+//!   allowlist hook is also tested directly (loopback only);
 //! * fuel, wall clock (also during instantiation), memory caps trip; a
 //!   typed guest error comes back as `GuestResult::Failed`; each invocation
 //!   gets a fresh instance.
@@ -240,6 +241,13 @@ async fn files_pack_sees_only_granted_env() {
     let out = call(&pack, ENV, json!({})).await.unwrap();
     assert_eq!(completed(&out.result)["env"], json!({"WOPBOX_ALLOWED": "yes"}));
 
+    // `env_read` with no variables: the interface is linked, the guest sees
+    // an empty environment.
+    let grants = Grants { preopened_dirs: vec![ro(&data)], env_read: true, ..Grants::default() };
+    let pack = load_files(grants).await.unwrap();
+    let out = call(&pack, ENV, json!({})).await.unwrap();
+    assert_eq!(completed(&out.result)["env"], json!({}));
+
     // The allowlist helper takes names and reads values from the host
     // process; unset names are left out.
     let pairs = wopbox_sandbox::wasi::env_from_process(["PATH", "WOPBOX_SURELY_UNSET_VARIABLE"]);
@@ -358,6 +366,68 @@ async fn outbound_http_allowlist_hook() {
     assert!(none.is_forbidden_header(&http::header::HOST));
     assert!(!none.is_forbidden_header(&http::header::ACCEPT));
     assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
+// ---------------------------------------------------------------------------
+// The http pack (Rust guest doing wasi:http) against a loopback server
+// ---------------------------------------------------------------------------
+
+const HTTP_GET: &str = "vendor.wopbox.http.get";
+
+fn http_pack_bytes() -> Vec<u8> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packs/http-component/http_component.wasm");
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+async fn load_http(grants: Grants) -> Result<Arc<LoadedPack>, SandboxError> {
+    sandbox()
+        .load(http_pack_bytes(), LoadOptions::new(PackFormat::Component).grants(grants).name("vendor.wopbox.http"))
+        .await
+}
+
+#[tokio::test]
+async fn http_pack_refused_without_outbound_grant() {
+    let err = load_http(Grants { env_read: true, ..Grants::default() }).await.unwrap_err();
+    assert_eq!(err.code(), "sandbox_escape_attempt");
+    assert_eq!(escape_kind(&err), EscapeKind::Network);
+    assert!(err.details()["import"].as_str().unwrap().starts_with("wasi:http/"), "{}", err.details());
+}
+
+#[tokio::test]
+async fn http_pack_reaches_only_allowlisted_hosts() {
+    let (port, hits) = loopback_server();
+    let grants = Grants { env_read: true, outbound_hosts: vec![format!("http://127.0.0.1:{port}")], ..Grants::default() };
+    let pack = load_http(grants).await.expect("load");
+
+    // Allowlisted: the guest gets the loopback server's answer.
+    let out = call(&pack, HTTP_GET, json!({"url": format!("http://127.0.0.1:{port}/hello")})).await.unwrap();
+    let v = completed(&out.result);
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["body"], "hello");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+
+    // Not allowlisted: denied by the host hook, seen by the guest as
+    // HTTP-request-denied (a typed failure), and no connection is made.
+    // `.invalid` never resolves, so even a broken hook could not reach a
+    // non-loopback address.
+    for url in [
+        format!("http://localhost:{port}/"),
+        format!("http://127.0.0.1:{}/", port.wrapping_add(1)),
+        format!("https://127.0.0.1:{port}/"),
+        "https://blocked.invalid/".to_string(),
+        "http://blocked.invalid/".to_string(),
+    ] {
+        let out = call(&pack, HTTP_GET, json!({ "url": url })).await.unwrap();
+        match &out.result {
+            GuestResult::Failed { code, .. } => assert!(code == "http_request_denied" || code == "http_error", "{url}: {code}"),
+            other => panic!("{url}: {other:?}"),
+        }
+        assert_eq!(hits.load(Ordering::SeqCst), 1, "{url} must not connect");
+    }
+    // The allowlisted-host-but-wrong-port and unlisted-host cases are
+    // exactly `http_request_denied`.
+    let out = call(&pack, HTTP_GET, json!({"url": format!("http://localhost:{port}/")})).await.unwrap();
+    assert_eq!(failed_code(&out.result), "http_request_denied");
 }
 
 // ---------------------------------------------------------------------------
@@ -544,6 +614,7 @@ async fn sockets_refused_even_with_every_grant() {
         env: vec![("A".into(), "1".into())],
         outbound_hosts: vec!["api.example.com".into()],
         allowed_host_calls: vec!["fetch".into()],
+        env_read: true,
     };
     for (import, kind) in [
         (r#"(import "wasi:sockets/tcp@0.2.0" (instance))"#, EscapeKind::Network),
