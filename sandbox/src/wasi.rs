@@ -287,6 +287,35 @@ pub fn gate_component(
     classify_imports(names, grants)
 }
 
+/// RFC 0076 `runtime.requires` tokens that a component's imports call for:
+/// `fs.read` (`wasi:filesystem/*`), `env.read` (`wasi:cli/environment`),
+/// `net.outbound` (`wasi:http/*`). A host can compare this with the
+/// manifest's `runtime.requires` at install time (a component importing
+/// more than it declares can be refused with `pack_runtime_requirement_unmet`
+/// before the sandbox refuses it at load). `fs.write` cannot be told from
+/// imports: a read-only grant satisfies the import, writes then fail.
+pub fn requirements_for_imports<'a>(names: impl IntoIterator<Item = &'a str>) -> std::collections::BTreeSet<&'static str> {
+    names
+        .into_iter()
+        .filter_map(|n| match split_import(n) {
+            ("wasi:filesystem", _) => Some("fs.read"),
+            ("wasi:cli", "environment") => Some("env.read"),
+            ("wasi:http", _) => Some("net.outbound"),
+            _ => None,
+        })
+        .collect()
+}
+
+/// [`requirements_for_imports`] of a compiled component.
+pub fn component_requirements(
+    engine: &wasmtime::Engine,
+    component: &wasmtime::component::Component,
+) -> std::collections::BTreeSet<&'static str> {
+    let ty = component.component_type();
+    let names: Vec<&str> = ty.imports(engine).map(|(name, _)| name).collect();
+    requirements_for_imports(names)
+}
+
 // ---------------------------------------------------------------------------
 // Outbound HTTP allowlist
 // ---------------------------------------------------------------------------
@@ -563,6 +592,20 @@ mod tests {
         assert_eq!(denied_cap("openwop:node/fetch@0.1.0", &all).as_deref(), Some("fetch"));
         assert_eq!(denied_cap("acme:secrets/vault", &all).as_deref(), Some("acme:secrets/vault"));
         assert_eq!(denied_cap("privileged", &all).as_deref(), Some("privileged"));
+    }
+
+    #[test]
+    fn requirements_from_imports() {
+        let r = requirements_for_imports([
+            "wasi:io/streams@0.2.6",
+            "wasi:filesystem/types@0.2.6",
+            "wasi:filesystem/preopens@0.2.6",
+            "wasi:cli/environment@0.2.6",
+            "wasi:cli/exit@0.2.6",
+        ]);
+        assert_eq!(r.into_iter().collect::<Vec<_>>(), ["env.read", "fs.read"]);
+        let r = requirements_for_imports(["wasi:http/types@0.2.12", "openwop:node/host@0.1.0"]);
+        assert_eq!(r.into_iter().collect::<Vec<_>>(), ["net.outbound"]);
     }
 
     #[test]

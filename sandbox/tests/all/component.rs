@@ -118,6 +118,19 @@ fn files_pack_manifest_matches_binary() {
     assert_eq!(manifest["runtime"]["format"], "wasm-component");
     assert!(dir.join(manifest["runtime"]["entry"].as_str().unwrap()).is_file());
     assert_eq!(PackFormat::detect(&files_pack_bytes()), Some(PackFormat::Component));
+
+    // The manifest's runtime.requires covers exactly what the binary imports.
+    let sb = sandbox();
+    for (dir, file) in [("files-component", "files_component.wasm"), ("http-component", "http_component.wasm")] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packs").join(dir);
+        let manifest: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("pack.json")).unwrap()).unwrap();
+        let (component, _) = sb.engine().component(&std::fs::read(dir.join(file)).unwrap()).unwrap();
+        let needed = wopbox_sandbox::wasi::component_requirements(sb.engine().engine(), &component);
+        let declared: Vec<&str> = manifest["runtime"]["requires"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let mut declared_sorted = declared.clone();
+        declared_sorted.sort();
+        assert_eq!(needed.into_iter().collect::<Vec<_>>(), declared_sorted, "{}", dir.display());
+    }
 }
 
 #[tokio::test]
