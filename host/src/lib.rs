@@ -1,1 +1,193 @@
-//! wopbox host library (filled by the core-host work).
+//! wopbox: an OpenWOP v1 host.
+//!
+//! Data flows one way: HTTP (`api`) → `engine` → node executors → event log (`events`, backed by
+//! `store`) → streams. [`Host::build`] wires the parts; callers may register more node executors
+//! on [`Host::registry`] and add discovery blocks before [`Host::serve`].
+
+pub mod api;
+pub mod config;
+pub mod engine;
+pub mod events;
+pub mod store;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Router;
+
+use api::discovery::Discovery;
+use api::AppState;
+use config::Config;
+use engine::{Engine, EngineError, NodeRegistry};
+use events::EventLog;
+use store::Store;
+
+/// Conformance fixtures whose *semantics* this host implements. A fixture file is loaded and
+/// advertised only if it is listed here **and** validates against the node registry; other
+/// fixtures (e.g. `conformance-cap-breach`, which uses only `core.noop` but expects a recursion
+/// limit to be enforced) are skipped with a logged reason. Later subsystems extend the set with
+/// [`Host::support_fixtures`] when they implement what a fixture exercises.
+pub const CORE_FIXTURES: [&str; 7] = [
+    "conformance-noop",
+    "conformance-failure",
+    "conformance-idempotent",
+    "conformance-multi-node",
+    "conformance-delay",
+    "conformance-cancellable",
+    "conformance-identity",
+];
+
+/// Version stamped on events (`engineVersion`).
+pub const ENGINE_VERSION: &str = concat!("wopbox/", env!("CARGO_PKG_VERSION"));
+
+pub struct Host {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub events: Arc<EventLog>,
+    pub registry: Arc<NodeRegistry>,
+    pub engine: Arc<Engine>,
+    pub discovery: Arc<Discovery>,
+    /// Extra resource routers merged into the API.
+    pub routers: Vec<Router<AppState>>,
+    /// Fixture ids whose semantics are implemented (see [`CORE_FIXTURES`]).
+    pub supported_fixtures: std::collections::BTreeSet<String>,
+}
+
+impl Host {
+    /// Open storage and assemble the engine with the built-in node types.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let store: Arc<dyn Store> =
+            Arc::new(store::sqlite::SqliteStore::open(&config.data_dir).await?);
+        let events = Arc::new(EventLog::new(store.clone()));
+        let registry = Arc::new(NodeRegistry::new());
+        engine::nodes::register_core(&registry);
+        let engine = Engine::new(store.clone(), events.clone(), registry.clone());
+        let discovery = Arc::new(Discovery::new(config.max_body_bytes));
+        Ok(Host {
+            config,
+            store,
+            events,
+            registry,
+            engine,
+            discovery,
+            routers: Vec::new(),
+            supported_fixtures: CORE_FIXTURES.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    /// Declare more fixtures whose semantics this host now implements.
+    pub fn support_fixtures<'a>(&mut self, ids: impl IntoIterator<Item = &'a str>) {
+        self.supported_fixtures
+            .extend(ids.into_iter().map(str::to_string));
+    }
+
+    /// Register every definition in `--workflows` and every valid fixture in `--fixtures`
+    /// (fixtures are advertised in discovery only when they validate against the registry).
+    pub async fn load_definitions(&self) -> anyhow::Result<()> {
+        if let Some(dir) = &self.config.workflows_dir {
+            for (path, def) in read_json_dir(dir, |_| true)? {
+                match self.engine.register_workflow(def, "workflows-dir").await {
+                    Ok(wf) => tracing::info!(workflow = %wf.id, "registered workflow"),
+                    Err(e) => {
+                        tracing::warn!(path = %path, error = %describe(&e), "skipped invalid workflow")
+                    }
+                }
+            }
+        }
+        if let Some(dir) = &self.config.fixtures_dir {
+            for (path, def) in read_json_dir(dir, |name| name.starts_with("conformance-"))? {
+                let id = def
+                    .get("id")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
+                    .to_string();
+                if !self.supported_fixtures.contains(&id) {
+                    // Validate anyway so the log says whether only semantics are missing.
+                    let reason = match self.engine.validate(&def) {
+                        Ok(_) => "its semantics are not implemented by this host".to_string(),
+                        Err(p) => describe(&EngineError::Invalid(p)),
+                    };
+                    tracing::info!(fixture = %id, %reason, "fixture skipped");
+                    continue;
+                }
+                match self.engine.register_workflow(def, "fixtures").await {
+                    Ok(wf) => self.discovery.add_fixture(&wf.id),
+                    Err(e) => {
+                        tracing::warn!(path = %path, reason = %describe(&e), "fixture skipped")
+                    }
+                }
+            }
+            tracing::info!(fixtures = ?self.discovery.fixtures(), "fixtures advertised");
+        }
+        Ok(())
+    }
+
+    /// Load definitions, resume unfinished runs, then serve HTTP until Ctrl-C.
+    pub async fn serve(self) -> anyhow::Result<()> {
+        self.load_definitions().await?;
+        let resumed = self.engine.recover().await?;
+        if resumed > 0 {
+            tracing::info!(resumed, "resumed unfinished runs");
+        }
+        let state = AppState {
+            engine: self.engine.clone(),
+            events: self.events.clone(),
+            keys: Arc::new(api::auth::KeyRing::new(&self.config.api_keys)),
+            discovery: self.discovery.clone(),
+            max_body_bytes: self.config.max_body_bytes,
+            sse_keepalive: std::time::Duration::from_millis(self.config.sse_keepalive_ms),
+        };
+        let app = api::router(state, self.routers);
+        let listener = tokio::net::TcpListener::bind(self.config.listen).await?;
+        {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "wopbox listening on http://{}", listener.local_addr()?)?;
+            out.flush()?;
+        }
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+fn describe(e: &EngineError) -> String {
+    match e {
+        EngineError::Invalid(problems) => problems
+            .iter()
+            .map(|p| format!("{}: {}", p.path, p.message))
+            .collect::<Vec<_>>()
+            .join("; "),
+        EngineError::WorkflowNotFound(id) => format!("workflow {id} not found"),
+        EngineError::Store(e) => e.to_string(),
+    }
+}
+
+fn read_json_dir(
+    dir: &Path,
+    keep: impl Fn(&str) -> bool,
+) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
+    let mut out = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().map(|x| x == "json").unwrap_or(false))
+        .collect();
+    entries.sort();
+    for p in entries {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !keep(name) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&p)?;
+        match serde_json::from_str(&text) {
+            Ok(v) => out.push((p.display().to_string(), v)),
+            Err(e) => tracing::warn!(path = %p.display(), error = %e, "skipped unparseable JSON"),
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,246 @@
+//! `POST /v1/runs`, `GET /v1/runs/{runId}`, `POST /v1/runs/{runId}/cancel`.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde_json::{json, Map, Value};
+
+use super::auth::{Auth, Principal};
+use super::body::{JsonBody, OptionalJsonBody};
+use super::error::ApiError;
+use super::AppState;
+use crate::engine::{canonical_json, sha256_hex, CancelOutcome, EngineError};
+use crate::store::{ts, CreateRunOutcome, IdempotencyClaim, RunRecord};
+
+pub const REPLAY_HEADER: &str = "openwop-idempotent-replay";
+
+fn problems_error(message: &str, problems: &[crate::engine::dag::Problem]) -> ApiError {
+    let first = problems
+        .first()
+        .map(|p| p.message.clone())
+        .unwrap_or_default();
+    ApiError::validation(format!("{message}: {first}"))
+        .details(json!({"errors": problems.iter().map(|p| p.to_json()).collect::<Vec<_>>()}))
+}
+
+fn field_error(path: &str, message: &str) -> ApiError {
+    ApiError::validation(message.to_string())
+        .details(json!({"errors": [{"path": path, "code": "invalid_value", "message": message}]}))
+}
+
+/// Validate an `Idempotency-Key` header value (1..=255 visible ASCII characters).
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let s = v
+        .to_str()
+        .map_err(|_| ApiError::validation("Idempotency-Key must be visible ASCII"))?;
+    if s.is_empty() || s.len() > 255 || !s.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err(ApiError::validation(
+            "Idempotency-Key must be 1-255 visible ASCII characters",
+        ));
+    }
+    Ok(Some(s.to_string()))
+}
+
+/// Storage key for a Layer-1 idempotency record: scoped per credential and endpoint.
+pub fn idempotency_scope(principal: &Principal, endpoint: &str, key: &str) -> String {
+    sha256_hex(format!("{}\u{0}{}\u{0}{}", principal.id, endpoint, key).as_bytes())
+}
+
+pub async fn create(
+    State(st): State<AppState>,
+    Auth(principal): Auth,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let idem_key = idempotency_key(&headers)?;
+    let obj = body
+        .as_object()
+        .ok_or_else(|| ApiError::validation("request body must be a JSON object"))?;
+    let workflow_id = match obj.get("workflowId") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(_) => {
+            return Err(field_error(
+                "/workflowId",
+                "workflowId must be a non-empty string",
+            ))
+        }
+        None => return Err(field_error("/workflowId", "workflowId is required")),
+    };
+    let inputs: Map<String, Value> = match obj.get("inputs") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(_) => return Err(field_error("/inputs", "inputs must be an object")),
+    };
+    if let Some(t) = obj.get("tenantId") {
+        match t.as_str() {
+            Some(t) if t == principal.tenant => {}
+            Some(_) => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "tenant_membership_required",
+                    "the credential is not a member of the requested tenant",
+                ))
+            }
+            None => return Err(field_error("/tenantId", "tenantId must be a string")),
+        }
+    }
+    let mut options = Map::new();
+    for (key, ok) in [
+        (
+            "tags",
+            obj.get("tags").map(|v| {
+                v.as_array()
+                    .map(|a| a.iter().all(Value::is_string))
+                    .unwrap_or(false)
+            }),
+        ),
+        ("metadata", obj.get("metadata").map(Value::is_object)),
+        (
+            "configurable",
+            obj.get("configurable").map(Value::is_object),
+        ),
+        ("scopeId", obj.get("scopeId").map(Value::is_string)),
+        ("callbackUrl", obj.get("callbackUrl").map(Value::is_string)),
+    ] {
+        match ok {
+            Some(true) => {
+                options.insert(key.to_string(), obj[key].clone());
+            }
+            Some(false) if obj[key].is_null() => {}
+            Some(false) => {
+                return Err(field_error(
+                    &format!("/{key}"),
+                    &format!("{key} has the wrong type"),
+                ))
+            }
+            None => {}
+        }
+    }
+
+    let prepared = match st.engine.prepare_run(&workflow_id, &inputs).await {
+        Ok(p) => p,
+        Err(EngineError::WorkflowNotFound(id)) => {
+            return Err(ApiError::validation(format!("unknown workflowId '{id}'"))
+                .details(json!({"workflowId": id, "reason": "workflow_not_found"})))
+        }
+        Err(EngineError::Invalid(p)) => return Err(problems_error("invalid run inputs", &p)),
+        Err(EngineError::Store(e)) => return Err(e.into()),
+    };
+
+    let now = ts(Utc::now());
+    let run_id = format!("run-{}", uuid::Uuid::now_v7());
+    let run = RunRecord {
+        run_id: run_id.clone(),
+        workflow_id: workflow_id.clone(),
+        definition_digest: prepared.workflow.digest.clone(),
+        tenant_id: principal.tenant.clone(),
+        principal_id: principal.id.clone(),
+        status: "pending".into(),
+        inputs: Value::Object(inputs),
+        variables: prepared.variables,
+        options: Value::Object(options),
+        current_node_id: None,
+        error: None,
+        outputs: None,
+        created_at: now.clone(),
+        started_at: None,
+        completed_at: None,
+        updated_at: now.clone(),
+    };
+    let response = json!({
+        "runId": run_id,
+        "status": "pending",
+        "workflowId": workflow_id,
+        "createdAt": now,
+        "statusUrl": format!("/v1/runs/{run_id}"),
+        "eventsUrl": format!("/v1/runs/{run_id}/events"),
+        "pollUrl": format!("/v1/runs/{run_id}/events/poll"),
+    });
+    let claim = idem_key.map(|k| IdempotencyClaim {
+        scope_key: idempotency_scope(&principal, "POST /v1/runs", &k),
+        request_digest: sha256_hex(canonical_json(&body).as_bytes()),
+        response_status: 201,
+        response_body: response.clone(),
+    });
+    match st.engine.store().create_run(&run, claim.as_ref()).await? {
+        CreateRunOutcome::Created => {
+            st.engine.start(run);
+            let location = HeaderValue::from_str(&format!("/v1/runs/{run_id}")).unwrap();
+            Ok((
+                StatusCode::CREATED,
+                [(header::LOCATION, location)],
+                axum::Json(response),
+            )
+                .into_response())
+        }
+        CreateRunOutcome::Replay { status, body } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED);
+            let mut resp = (status, axum::Json(body.clone())).into_response();
+            resp.headers_mut().insert(
+                HeaderName::from_static(REPLAY_HEADER),
+                HeaderValue::from_static("true"),
+            );
+            if let Some(id) = body.get("runId").and_then(Value::as_str) {
+                if let Ok(v) = HeaderValue::from_str(&format!("/v1/runs/{id}")) {
+                    resp.headers_mut().insert(header::LOCATION, v);
+                }
+            }
+            Ok(resp)
+        }
+        CreateRunOutcome::Mismatch => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_key_mismatch",
+            "this Idempotency-Key was already used with a different request body",
+        )),
+    }
+}
+
+/// Load a run visible to `principal` (other tenants' runs are indistinguishable from absent).
+pub async fn load_run(
+    st: &AppState,
+    principal: &Principal,
+    run_id: &str,
+) -> Result<RunRecord, ApiError> {
+    match st.engine.store().get_run(run_id).await? {
+        Some(r) if r.tenant_id == principal.tenant => Ok(r),
+        _ => Err(ApiError::not_found(format!("run '{run_id}' not found"))),
+    }
+}
+
+pub async fn get(
+    State(st): State<AppState>,
+    Auth(principal): Auth,
+    Path(run_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let run = load_run(&st, &principal, &run_id).await?;
+    Ok(axum::Json(run.snapshot()).into_response())
+}
+
+pub async fn cancel(
+    State(st): State<AppState>,
+    Auth(principal): Auth,
+    Path(run_id): Path<String>,
+    OptionalJsonBody(body): OptionalJsonBody,
+) -> Result<Response, ApiError> {
+    load_run(&st, &principal, &run_id).await?;
+    let reason = match body.as_ref().and_then(|b| b.get("reason")) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(field_error("/reason", "reason must be a string")),
+    };
+    let body = match st.engine.cancel(&run_id, reason).await? {
+        CancelOutcome::Cancelling => json!({"runId": run_id, "status": "cancelling"}),
+        CancelOutcome::Cancelled => json!({"runId": run_id, "status": "cancelled"}),
+        CancelOutcome::AlreadyTerminal(status) => {
+            json!({"runId": run_id, "status": status, "alreadyTerminal": true})
+        }
+        CancelOutcome::NotFound => {
+            return Err(ApiError::not_found(format!("run '{run_id}' not found")))
+        }
+    };
+    Ok(axum::Json(body).into_response())
+}

@@ -1,0 +1,107 @@
+//! Configuration for `wopbox serve`: flags, environment, and the data directory.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use rand::RngCore;
+
+/// Default request-body limit (advertised as `limits.maxRequestBodyBytes`).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on (`127.0.0.1:0` picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Data directory (SQLite database, generated API key).
+    #[arg(long, default_value = "./wopbox-data")]
+    pub data: PathBuf,
+    /// Accepted bearer API key (repeatable). Also `WOPBOX_API_KEYS` (comma-separated).
+    #[arg(
+        long = "api-key",
+        env = "WOPBOX_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+    /// Directory of workflow definitions (`*.json`) to register at boot.
+    #[arg(long)]
+    pub workflows: Option<PathBuf>,
+    /// Directory of conformance fixtures (`conformance-*.json`) to register and advertise.
+    #[arg(long)]
+    pub fixtures: Option<PathBuf>,
+    /// Maximum request body size in bytes (larger bodies get 413).
+    #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+    /// Interval between SSE keep-alive comments, in milliseconds.
+    #[arg(long, default_value_t = 15_000, hide = true)]
+    pub sse_keepalive_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub api_keys: Vec<String>,
+    pub workflows_dir: Option<PathBuf>,
+    pub fixtures_dir: Option<PathBuf>,
+    pub max_body_bytes: usize,
+    pub sse_keepalive_ms: u64,
+}
+
+pub const KEY_FILE: &str = "api-key";
+
+impl Config {
+    /// Resolve the configuration. With no key configured, the first start generates one,
+    /// stores it in `<data>/api-key` (mode 0600) and prints it once; later starts reuse it.
+    pub fn from_args(args: ServeArgs) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&args.data)?;
+        let mut keys: Vec<String> = args
+            .api_keys
+            .iter()
+            .map(|k| k.trim().to_string())
+            .filter(|k| !k.is_empty())
+            .collect();
+        if keys.is_empty() {
+            keys.push(load_or_generate_key(&args.data)?);
+        }
+        Ok(Config {
+            listen: args.listen,
+            data_dir: args.data,
+            api_keys: keys,
+            workflows_dir: args.workflows,
+            fixtures_dir: args.fixtures,
+            max_body_bytes: args.max_body_bytes.max(1024),
+            sse_keepalive_ms: args.sse_keepalive_ms.clamp(50, 60_000),
+        })
+    }
+}
+
+fn load_or_generate_key(data: &Path) -> anyhow::Result<String> {
+    let path = data.join(KEY_FILE);
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let k = existing.trim().to_string();
+        if !k.is_empty() {
+            return Ok(k);
+        }
+    }
+    let mut bytes = [0u8; 24];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let key = format!("wbx_{}", hex::encode(bytes));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&path)?;
+    writeln!(f, "{key}")?;
+    f.sync_all()?;
+    println!(
+        "wopbox generated an API key (stored in {}): {key}",
+        path.display()
+    );
+    Ok(key)
+}

@@ -1,0 +1,280 @@
+//! The run engine: workflow registration, run preparation, and the scheduler that drives each
+//! run as a DAG (see `scheduler.rs`). The engine knows nothing about HTTP.
+
+pub mod dag;
+pub mod expr;
+pub mod nodes;
+pub mod registry;
+mod scheduler;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use chrono::Utc;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use crate::events::EventLog;
+use crate::store::{ts, NewEvent, RunRecord, RunUpdate, Store, StoreError, StoredWorkflow};
+use dag::{Graph, Problem};
+pub use registry::{
+    EmittedEvent, NodeContext, NodeExecutor, NodeInvocation, NodeOutcome, NodeRegistry, NodeResult,
+};
+
+/// Canonical JSON (object keys sorted recursively, no whitespace) — for digests.
+pub fn canonical_json(v: &Value) -> String {
+    fn canon(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                let mut out = Map::new();
+                for k in keys {
+                    out.insert(k.clone(), canon(&m[k]));
+                }
+                Value::Object(out)
+            }
+            Value::Array(a) => Value::Array(a.iter().map(canon).collect()),
+            other => other.clone(),
+        }
+    }
+    canon(v).to_string()
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+#[derive(Debug)]
+pub enum EngineError {
+    Invalid(Vec<Problem>),
+    WorkflowNotFound(String),
+    Store(StoreError),
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        EngineError::Store(e)
+    }
+}
+
+/// What `POST /v1/runs` needs from the engine before it stores the run.
+pub struct PreparedRun {
+    pub workflow: StoredWorkflow,
+    pub variables: Value,
+}
+
+pub enum CancelOutcome {
+    /// Signalled a live run; it will append `run.cancelled` shortly.
+    Cancelling,
+    /// The run was not executing here; `run.cancelled` has been appended.
+    Cancelled,
+    AlreadyTerminal(String),
+    NotFound,
+}
+
+pub struct Engine {
+    store: Arc<dyn Store>,
+    events: Arc<EventLog>,
+    registry: Arc<NodeRegistry>,
+    graphs: RwLock<HashMap<String, Arc<Graph>>>,
+    /// Live runs → their cancel signal (reason). Held only for O(1) inserts/lookups.
+    active: Mutex<HashMap<String, watch::Sender<Option<String>>>>,
+}
+
+impl Engine {
+    pub fn new(
+        store: Arc<dyn Store>,
+        events: Arc<EventLog>,
+        registry: Arc<NodeRegistry>,
+    ) -> Arc<Self> {
+        Arc::new(Engine {
+            store,
+            events,
+            registry,
+            graphs: RwLock::new(HashMap::new()),
+            active: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn registry(&self) -> &Arc<NodeRegistry> {
+        &self.registry
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Validate a definition against the schema and the node registry.
+    pub fn validate(&self, def: &Value) -> Result<Graph, Vec<Problem>> {
+        dag::build(def, &self.registry)
+    }
+
+    /// Validate and store a definition (new version of `def.id`).
+    pub async fn register_workflow(
+        &self,
+        def: Value,
+        source: &str,
+    ) -> Result<StoredWorkflow, EngineError> {
+        let graph = self.validate(&def).map_err(EngineError::Invalid)?;
+        let digest = sha256_hex(canonical_json(&def).as_bytes());
+        let now = ts(Utc::now());
+        let created_at = match self.store.get_workflow(&graph.id).await? {
+            Some(existing) => existing.created_at,
+            None => now.clone(),
+        };
+        let wf = StoredWorkflow {
+            id: graph.id.clone(),
+            version: def
+                .get("version")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            digest: digest.clone(),
+            definition: def,
+            source: source.to_string(),
+            created_at,
+            updated_at: now,
+        };
+        self.store.put_workflow(&wf).await?;
+        self.graphs.write().unwrap().insert(digest, Arc::new(graph));
+        Ok(wf)
+    }
+
+    /// Resolve the workflow and the run variables for a new run.
+    pub async fn prepare_run(
+        &self,
+        workflow_id: &str,
+        inputs: &Map<String, Value>,
+    ) -> Result<PreparedRun, EngineError> {
+        let wf = self
+            .store
+            .get_workflow(workflow_id)
+            .await?
+            .ok_or_else(|| EngineError::WorkflowNotFound(workflow_id.to_string()))?;
+        let graph = self.graph_for(&wf.digest).await.map_err(|e| {
+            EngineError::Invalid(vec![Problem {
+                path: "/workflowId".into(),
+                code: "workflow_invalid",
+                message: e,
+            }])
+        })?;
+        let variables = dag::resolve_variables(&graph, inputs).map_err(EngineError::Invalid)?;
+        Ok(PreparedRun {
+            workflow: wf,
+            variables,
+        })
+    }
+
+    /// The validated graph for a pinned definition (cached by digest).
+    async fn graph_for(&self, digest: &str) -> Result<Arc<Graph>, String> {
+        if let Some(g) = self.graphs.read().unwrap().get(digest) {
+            return Ok(g.clone());
+        }
+        let def = self
+            .store
+            .get_definition(digest)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("workflow definition {digest} is missing"))?;
+        let graph = dag::build(&def, &self.registry).map_err(|problems| {
+            problems
+                .iter()
+                .map(|p| format!("{}: {}", p.path, p.message))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        let graph = Arc::new(graph);
+        self.graphs
+            .write()
+            .unwrap()
+            .insert(digest.to_string(), graph.clone());
+        Ok(graph)
+    }
+
+    /// Start executing a freshly created run in the background.
+    pub fn start(self: &Arc<Self>, run: RunRecord) {
+        self.spawn(run, false);
+    }
+
+    fn spawn(self: &Arc<Self>, run: RunRecord, resume: bool) {
+        let initial = if run.status == "cancelling" {
+            Some("cancel requested before restart".to_string())
+        } else {
+            None
+        };
+        let (tx, rx) = watch::channel(initial);
+        self.active.lock().unwrap().insert(run.run_id.clone(), tx);
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let run_id = run.run_id.clone();
+            if let Err(e) = scheduler::drive(engine.clone(), run, resume, rx).await {
+                tracing::error!(run_id = %run_id, error = %e, "run driver failed");
+            }
+            engine.active.lock().unwrap().remove(&run_id);
+        });
+    }
+
+    /// Resume (or fail) every run that a previous process left unfinished.
+    pub async fn recover(self: &Arc<Self>) -> anyhow::Result<usize> {
+        let runs = self.store.list_unfinished_runs().await?;
+        let n = runs.len();
+        for run in runs {
+            tracing::info!(run_id = %run.run_id, status = %run.status, "resuming run after restart");
+            self.spawn(run, true);
+        }
+        Ok(n)
+    }
+
+    pub async fn cancel(
+        &self,
+        run_id: &str,
+        reason: Option<String>,
+    ) -> Result<CancelOutcome, StoreError> {
+        let reason = reason.unwrap_or_else(|| "cancelled by client".to_string());
+        let signalled = {
+            let active = self.active.lock().unwrap();
+            match active.get(run_id) {
+                Some(tx) => {
+                    tx.send_replace(Some(reason.clone()));
+                    true
+                }
+                None => false,
+            }
+        };
+        if signalled {
+            self.store.set_run_status(run_id, "cancelling").await?;
+            return Ok(CancelOutcome::Cancelling);
+        }
+        let Some(run) = self.store.get_run(run_id).await? else {
+            return Ok(CancelOutcome::NotFound);
+        };
+        if run.is_terminal() {
+            return Ok(CancelOutcome::AlreadyTerminal(run.status));
+        }
+        let ev = NewEvent::new(
+            "run.cancelled",
+            json!({"reason": reason, "cancelledBy": "client"}),
+        );
+        let update = RunUpdate {
+            status: Some("cancelled".into()),
+            current_node_id: Some(None),
+            completed_at: Some(ts(Utc::now())),
+            ..Default::default()
+        };
+        match self.events.append(run_id, vec![ev], Some(update)).await {
+            Ok(_) => Ok(CancelOutcome::Cancelled),
+            Err(StoreError::RunTerminal) => {
+                let status = self
+                    .store
+                    .get_run(run_id)
+                    .await?
+                    .map(|r| r.status)
+                    .unwrap_or_default();
+                Ok(CancelOutcome::AlreadyTerminal(status))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}

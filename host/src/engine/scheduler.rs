@@ -1,0 +1,760 @@
+//! Drives one run: schedules ready nodes in parallel, applies trigger rules and edge
+//! conditions, retries with backoff, enforces timeouts, handles cancellation, and appends every
+//! state change to the event log before acting on it. After a restart the same driver folds the
+//! run's event log back into node states and carries on (`resume`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde_json::{json, Map, Value};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::dag::{self, Graph, TriggerRule};
+use super::registry::{NodeContext, NodeInvocation, NodeOutcome, NodeResult};
+use super::Engine;
+use crate::store::{ts, EventRecord, NewEvent, RunRecord, RunUpdate, StoreError};
+
+#[derive(Debug, Clone)]
+enum NodeState {
+    Pending,
+    Running,
+    Done { output: Value, event_id: String },
+    Failed { event_id: String },
+    Skipped,
+    Cancelled,
+}
+
+impl NodeState {
+    fn decided(&self) -> bool {
+        !matches!(self, NodeState::Pending | NodeState::Running)
+    }
+}
+
+/// What a node task reports back to the driver.
+enum NodeEnd {
+    Done { output: Value, event_id: String },
+    Failed { error: Value, event_id: String },
+    Cancelled,
+}
+
+enum Stop {
+    Cancel(String),
+    Fail {
+        error: Value,
+        node_id: Option<String>,
+        event_id: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum EdgeState {
+    Success,
+    Failed,
+    Skipped,
+}
+
+struct RunCtx {
+    engine: Arc<Engine>,
+    run: RunRecord,
+    graph: Arc<Graph>,
+}
+
+impl RunCtx {
+    async fn append(
+        &self,
+        events: Vec<NewEvent>,
+        update: Option<RunUpdate>,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        self.engine
+            .events
+            .append(&self.run.run_id, events, update)
+            .await
+    }
+}
+
+/// Retry budget: node `settings.maxRetries` (alias `retries`), else the workflow's
+/// `settings.maxRetries`, else 0.
+fn max_retries(graph: &Graph, settings: &Value) -> u64 {
+    ["maxRetries", "retries"]
+        .iter()
+        .find_map(|k| settings.get(*k).and_then(Value::as_u64))
+        .or_else(|| graph.settings.get("maxRetries").and_then(Value::as_u64))
+        .unwrap_or(0)
+}
+
+pub(super) async fn drive(
+    engine: Arc<Engine>,
+    run: RunRecord,
+    resume: bool,
+    mut cancel_rx: watch::Receiver<Option<String>>,
+) -> Result<(), StoreError> {
+    let started = Instant::now();
+    let graph = match engine.graph_for(&run.definition_digest).await {
+        Ok(g) => g,
+        Err(msg) => {
+            // The definition no longer validates (e.g. a node type vanished): fail clearly.
+            let mut events = Vec::new();
+            if !resume
+                || engine
+                    .store
+                    .list_events(&run.run_id, -1, 1)
+                    .await?
+                    .is_empty()
+            {
+                events.push(NewEvent::new(
+                    "run.started",
+                    json!({"workflowId": run.workflow_id}),
+                ));
+            }
+            let error = json!({"code": "workflow_invalid", "message": msg});
+            events.push(NewEvent::new("run.failed", json!({"error": error})));
+            let update = RunUpdate {
+                status: Some("failed".into()),
+                error: Some(error),
+                completed_at: Some(ts(Utc::now())),
+                started_at: Some(ts(Utc::now())),
+                ..Default::default()
+            };
+            return ignore_terminal(
+                engine
+                    .events
+                    .append(&run.run_id, events, Some(update))
+                    .await
+                    .map(|_| ()),
+            );
+        }
+    };
+    let ctx = Arc::new(RunCtx {
+        engine: engine.clone(),
+        run,
+        graph: graph.clone(),
+    });
+    let n = graph.nodes.len();
+    let mut states = vec![NodeState::Pending; n];
+    let mut attempts = vec![0u32; n];
+    let mut last_event: Option<String>;
+
+    if resume {
+        let mut log = Vec::new();
+        let mut after = -1;
+        loop {
+            let page = engine
+                .store
+                .list_events(&ctx.run.run_id, after, 1000)
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = last.sequence;
+            log.extend(page);
+        }
+        if log.is_empty() {
+            last_event = start_run(&ctx).await?;
+        } else {
+            fold(&graph, &log, &mut states, &mut attempts);
+            let prev = log.last().map(|e| e.event_id.clone());
+            let ev = NewEvent::new(
+                "run.resumed",
+                json!({"reason": "host-restart", "resumedFromSequence": log.last().map(|e| e.sequence)}),
+            )
+            .caused_by(prev.as_deref());
+            let recs = match ctx.append(vec![ev], Some(RunUpdate::default())).await {
+                Err(StoreError::RunTerminal) => return Ok(()),
+                r => r?,
+            };
+            last_event = recs.last().map(|r| r.event_id.clone());
+        }
+    } else {
+        last_event = match start_run(&ctx).await {
+            Err(StoreError::RunTerminal) => return Ok(()),
+            r => r?,
+        };
+    }
+
+    let deadline = graph
+        .settings
+        .get("timeout")
+        .and_then(Value::as_u64)
+        .filter(|t| *t > 0)
+        .map(|t| {
+            // A resumed run keeps its original budget, measured from its start.
+            let elapsed = ctx
+                .run
+                .started_at
+                .as_deref()
+                .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                .map(|t0| {
+                    (Utc::now() - t0.with_timezone(&Utc))
+                        .num_milliseconds()
+                        .max(0) as u64
+                })
+                .unwrap_or(0);
+            tokio::time::Instant::now() + Duration::from_millis(t.saturating_sub(elapsed))
+        });
+
+    let (node_cancel_tx, node_cancel_rx) = watch::channel::<Option<String>>(None);
+    let mut tasks: JoinSet<(usize, Result<NodeEnd, StoreError>)> = JoinSet::new();
+    let mut stop: Option<Stop> = cancel_rx.borrow().clone().map(Stop::Cancel);
+
+    loop {
+        if stop.is_none() {
+            // Schedule everything that is ready; skipping can make more nodes ready.
+            loop {
+                let mut progressed = false;
+                for i in 0..n {
+                    if !matches!(states[i], NodeState::Pending) {
+                        continue;
+                    }
+                    let inc = &graph.incoming[i];
+                    if !inc.iter().all(|&e| states[graph.edges[e].source].decided()) {
+                        continue;
+                    }
+                    progressed = true;
+                    let outputs_ctx = expr_context(&ctx, &states);
+                    let mut edge_states = Vec::with_capacity(inc.len());
+                    let mut edge_inputs = Map::new();
+                    let mut skip_note: Option<String> = None;
+                    let mut cause = last_event.clone();
+                    for &e in inc {
+                        let edge = &graph.edges[e];
+                        let st = match &states[edge.source] {
+                            NodeState::Done { output, event_id } => {
+                                cause = Some(event_id.clone());
+                                let holds = match &edge.condition {
+                                    None => Ok(true),
+                                    Some(c) => dag::edge_condition_holds(c, output, &outputs_ctx),
+                                };
+                                match holds {
+                                    Ok(true) => {
+                                        if let Some(port) = &edge.target_input {
+                                            let key =
+                                                edge.source_output.as_deref().unwrap_or("output");
+                                            if let Some(v) = dag::output_port(output, key) {
+                                                edge_inputs.insert(port.clone(), v.clone());
+                                            }
+                                        }
+                                        EdgeState::Success
+                                    }
+                                    Ok(false) => EdgeState::Skipped,
+                                    Err(msg) => {
+                                        skip_note = Some(format!(
+                                            "condition on edge '{}' failed: {msg}",
+                                            edge.id
+                                        ));
+                                        EdgeState::Skipped
+                                    }
+                                }
+                            }
+                            NodeState::Failed { event_id, .. } => {
+                                cause = Some(event_id.clone());
+                                EdgeState::Failed
+                            }
+                            _ => EdgeState::Skipped,
+                        };
+                        edge_states.push(st);
+                    }
+                    let node = &graph.nodes[i];
+                    let runs = !node.disabled && rule_allows(graph.rules[i], &edge_states);
+                    if !runs {
+                        let reason = if node.disabled {
+                            "disabled".to_string()
+                        } else {
+                            skip_note.unwrap_or_else(|| {
+                                format!("trigger rule {:?} not satisfied", graph.rules[i])
+                            })
+                        };
+                        let ev = NewEvent::new(
+                            "node.skipped",
+                            json!({"nodeId": node.id, "reason": reason}),
+                        )
+                        .node(&node.id)
+                        .caused_by(cause.as_deref());
+                        match ctx.append(vec![ev], None).await {
+                            Err(StoreError::RunTerminal) => return Ok(()),
+                            r => r?,
+                        };
+                        states[i] = NodeState::Skipped;
+                        continue;
+                    }
+                    let inputs = dag::resolve_inputs(node, &outputs_ctx, edge_inputs);
+                    states[i] = NodeState::Running;
+                    let task_ctx = ctx.clone();
+                    let cancel = node_cancel_rx.clone();
+                    let first_attempt = attempts[i] + 1;
+                    tasks.spawn(async move {
+                        let r = run_node(task_ctx, i, inputs, cause, cancel, first_attempt).await;
+                        (i, r)
+                    });
+                }
+                if !progressed {
+                    break;
+                }
+            }
+        }
+        if tasks.is_empty() {
+            break;
+        }
+        tokio::select! {
+            joined = tasks.join_next() => {
+                let Some(joined) = joined else { continue };
+                let (i, result) = match joined {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e, "node task panicked");
+                        stop.get_or_insert(Stop::Fail {
+                            error: json!({"code": "internal_error", "message": "node task panicked"}),
+                            node_id: None, event_id: None,
+                        });
+                        let _ = node_cancel_tx.send(Some("run-failed".into()));
+                        continue;
+                    }
+                };
+                match result {
+                    Err(StoreError::RunTerminal) => {
+                        // Someone else (a cancel racing us) already finished the run.
+                        node_cancel_tx.send_replace(Some("run-terminal".into()));
+                        while tasks.join_next().await.is_some() {}
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
+                    Ok(NodeEnd::Done { output, event_id }) => {
+                        last_event = Some(event_id.clone());
+                        states[i] = NodeState::Done { output, event_id };
+                    }
+                    Ok(NodeEnd::Failed { error, event_id }) => {
+                        last_event = Some(event_id.clone());
+                        let handled = graph.outgoing[i].iter().any(|&e| graph.rules[graph.edges[e].target].handles_failure());
+                        if !handled && stop.is_none() {
+                            stop = Some(Stop::Fail {
+                                error: error.clone(),
+                                node_id: Some(graph.nodes[i].id.clone()),
+                                event_id: Some(event_id.clone()),
+                            });
+                            let _ = node_cancel_tx.send(Some("run-failed".into()));
+                        }
+                        states[i] = NodeState::Failed { event_id };
+                    }
+                    Ok(NodeEnd::Cancelled) => states[i] = NodeState::Cancelled,
+                }
+            }
+            changed = cancel_rx.changed(), if stop.is_none() => {
+                if changed.is_ok() {
+                    if let Some(reason) = cancel_rx.borrow().clone() {
+                        stop = Some(Stop::Cancel(reason.clone()));
+                        let _ = node_cancel_tx.send(Some(reason));
+                    }
+                }
+            }
+            _ = sleep_until_opt(deadline), if stop.is_none() && deadline.is_some() => {
+                let limit = graph.settings.get("timeout").and_then(Value::as_u64).unwrap_or(0);
+                stop = Some(Stop::Fail {
+                    error: json!({"code": "run_timeout", "message": format!("run exceeded its {limit} ms timeout")}),
+                    node_id: None, event_id: None,
+                });
+                let _ = node_cancel_tx.send(Some("run-timeout".into()));
+            }
+        }
+    }
+
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let now = ts(Utc::now());
+    let (event, update) = match stop {
+        Some(Stop::Cancel(reason)) => (
+            NewEvent::new(
+                "run.cancelled",
+                json!({"reason": reason, "cancelledBy": "client"}),
+            )
+            .caused_by(last_event.as_deref()),
+            RunUpdate {
+                status: Some("cancelled".into()),
+                ..Default::default()
+            },
+        ),
+        Some(Stop::Fail {
+            error,
+            node_id,
+            event_id,
+        }) => {
+            let mut payload = json!({"error": error, "durationMs": duration_ms});
+            if let Some(nid) = &node_id {
+                payload["failedNodeId"] = json!(nid);
+            }
+            let cause = event_id.or(last_event.clone());
+            (
+                NewEvent::new("run.failed", payload).caused_by(cause.as_deref()),
+                RunUpdate {
+                    status: Some("failed".into()),
+                    error: Some(strip_error(&error)),
+                    ..Default::default()
+                },
+            )
+        }
+        None => {
+            let outputs = run_outputs(&graph, &states);
+            (
+                NewEvent::new(
+                    "run.completed",
+                    json!({"outputs": outputs, "durationMs": duration_ms}),
+                )
+                .caused_by(last_event.as_deref()),
+                RunUpdate {
+                    status: Some("completed".into()),
+                    outputs: Some(outputs),
+                    ..Default::default()
+                },
+            )
+        }
+    };
+    let update = RunUpdate {
+        current_node_id: Some(None),
+        completed_at: Some(now),
+        ..update
+    };
+    ignore_terminal(ctx.append(vec![event], Some(update)).await.map(|_| ()))
+}
+
+fn ignore_terminal(r: Result<(), StoreError>) -> Result<(), StoreError> {
+    match r {
+        Err(StoreError::RunTerminal) => Ok(()),
+        other => other,
+    }
+}
+
+async fn start_run(ctx: &RunCtx) -> Result<Option<String>, StoreError> {
+    let run = &ctx.run;
+    let mut payload = json!({
+        "workflowId": run.workflow_id,
+        "inputs": run.inputs,
+        "transport": "rest",
+        "engineVersion": crate::ENGINE_VERSION,
+        "owner": {"tenant": run.tenant_id, "principal": run.principal_id},
+    });
+    for k in ["tags", "metadata"] {
+        if let Some(v) = run.options.get(k) {
+            payload[k] = v.clone();
+        }
+    }
+    let update = RunUpdate {
+        status: Some("running".into()),
+        started_at: Some(ts(Utc::now())),
+        ..Default::default()
+    };
+    let recs = ctx
+        .append(vec![NewEvent::new("run.started", payload)], Some(update))
+        .await?;
+    Ok(recs.last().map(|r| r.event_id.clone()))
+}
+
+/// Rebuild node states from a run's event log (restart recovery). Nodes that were started but
+/// never finished go back to `Pending` and are dispatched again with the next attempt number.
+fn fold(graph: &Graph, log: &[EventRecord], states: &mut [NodeState], attempts: &mut [u32]) {
+    for ev in log {
+        let Some(i) = ev
+            .node_id
+            .as_ref()
+            .and_then(|id| graph.index.get(id))
+            .copied()
+        else {
+            continue;
+        };
+        match ev.event_type.as_str() {
+            "node.started" => attempts[i] += 1,
+            "node.completed" => {
+                states[i] = NodeState::Done {
+                    output: ev.payload.get("outputs").cloned().unwrap_or(json!({})),
+                    event_id: ev.event_id.clone(),
+                }
+            }
+            "node.failed" => {
+                states[i] = NodeState::Failed {
+                    event_id: ev.event_id.clone(),
+                }
+            }
+            "node.skipped" => states[i] = NodeState::Skipped,
+            _ => {}
+        }
+    }
+}
+
+fn rule_allows(rule: TriggerRule, edges: &[EdgeState]) -> bool {
+    if edges.is_empty() {
+        return true;
+    }
+    let any = |s: EdgeState| edges.iter().any(|e| *e == s);
+    match rule {
+        TriggerRule::AllSuccess => edges.iter().all(|e| *e == EdgeState::Success),
+        TriggerRule::AnySuccess => any(EdgeState::Success),
+        TriggerRule::AllComplete => !edges.iter().all(|e| *e == EdgeState::Skipped),
+        TriggerRule::NoneFailed => !any(EdgeState::Failed) && any(EdgeState::Success),
+        TriggerRule::AnyFailed => any(EdgeState::Failed),
+    }
+}
+
+/// The evaluation context for expressions: variables, upstream outputs, run facts.
+fn expr_context(ctx: &RunCtx, states: &[NodeState]) -> Value {
+    let mut nodes = Map::new();
+    for (i, st) in states.iter().enumerate() {
+        if let NodeState::Done { output, .. } = st {
+            nodes.insert(ctx.graph.nodes[i].id.clone(), output.clone());
+        }
+    }
+    json!({
+        "variables": ctx.run.variables,
+        "inputs": ctx.run.variables,
+        "nodes": nodes,
+        "run": {"id": ctx.run.run_id, "runId": ctx.run.run_id, "workflowId": ctx.run.workflow_id, "tenantId": ctx.run.tenant_id},
+    })
+}
+
+/// Run outputs: the outputs of the executed "leaf" nodes (no executed successor). One leaf →
+/// its output object; several → keyed by node id.
+fn run_outputs(graph: &Graph, states: &[NodeState]) -> Value {
+    let mut leaves: Vec<(usize, &Value)> = Vec::new();
+    for (i, st) in states.iter().enumerate() {
+        if let NodeState::Done { output, .. } = st {
+            let has_done_successor = graph.outgoing[i]
+                .iter()
+                .any(|&e| matches!(states[graph.edges[e].target], NodeState::Done { .. }));
+            if !has_done_successor {
+                leaves.push((i, output));
+            }
+        }
+    }
+    match leaves.as_slice() {
+        [(_, only)] => (*only).clone(),
+        many => Value::Object(
+            many.iter()
+                .map(|(i, o)| (graph.nodes[*i].id.clone(), (*o).clone()))
+                .collect(),
+        ),
+    }
+}
+
+/// The snapshot `error` is `{code, message, details?}`.
+fn strip_error(e: &Value) -> Value {
+    let mut out = json!({
+        "code": e.get("code").cloned().unwrap_or(json!("node_failed")),
+        "message": e.get("message").cloned().unwrap_or(json!("node failed")),
+    });
+    if let Some(d) = e.get("details") {
+        out["details"] = d.clone();
+    }
+    out
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn cancelled(rx: &mut watch::Receiver<Option<String>>) -> String {
+    loop {
+        if let Some(r) = rx.borrow_and_update().clone() {
+            return r;
+        }
+        if rx.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// Backoff before retry `attempt + 1`: `retryDelayMs|backoffMs` (default 100) times
+/// `backoffMultiplier` (default 2) per attempt, capped by `maxBackoffMs` (default 30 s).
+fn backoff_ms(settings: &Value, attempt: u32) -> u64 {
+    let base = settings
+        .get("retryDelayMs")
+        .or_else(|| settings.get("backoffMs"))
+        .and_then(Value::as_u64)
+        .unwrap_or(100);
+    let mult = settings
+        .get("backoffMultiplier")
+        .and_then(Value::as_f64)
+        .unwrap_or(2.0)
+        .max(1.0);
+    let cap = settings
+        .get("maxBackoffMs")
+        .and_then(Value::as_u64)
+        .unwrap_or(30_000);
+    let d = base as f64 * mult.powi(attempt.saturating_sub(1) as i32);
+    (d.min(cap as f64)) as u64
+}
+
+async fn run_node(
+    ctx: Arc<RunCtx>,
+    i: usize,
+    inputs: Result<Value, String>,
+    cause: Option<String>,
+    mut cancel: watch::Receiver<Option<String>>,
+    first_attempt: u32,
+) -> Result<NodeEnd, StoreError> {
+    let graph = &ctx.graph;
+    let node = &graph.nodes[i];
+    let max_retries = max_retries(graph, &node.settings);
+    let timeout_ms = node
+        .settings
+        .get("timeoutMs")
+        .or_else(|| node.settings.get("timeout"))
+        .and_then(Value::as_u64)
+        .filter(|t| *t > 0);
+    let mut attempt = first_attempt;
+    let mut attempts_here = 0u64;
+    let mut cause = cause;
+    let started_at = Instant::now();
+    loop {
+        attempts_here += 1;
+        let started = NewEvent::new(
+            "node.started",
+            json!({"nodeId": node.id, "typeId": node.type_id, "attempt": attempt}),
+        )
+        .node(&node.id)
+        .caused_by(cause.as_deref());
+        let update = RunUpdate {
+            current_node_id: Some(Some(node.id.clone())),
+            ..Default::default()
+        };
+        let started_id = ctx
+            .append(vec![started], Some(update))
+            .await?
+            .remove(0)
+            .event_id;
+
+        let t0 = Instant::now();
+        let result: Option<NodeResult> = match &inputs {
+            Err(msg) => Some(
+                NodeOutcome::Failed {
+                    code: "input_resolution_failed".into(),
+                    message: msg.clone(),
+                    details: None,
+                    retryable: false,
+                }
+                .into(),
+            ),
+            Ok(resolved) => match ctx.engine.registry.get(&node.type_id) {
+                None => Some(
+                    NodeOutcome::Failed {
+                        code: "unsupported_node_type".into(),
+                        message: format!(
+                            "no executor is registered for node type '{}'",
+                            node.type_id
+                        ),
+                        details: Some(json!({"typeId": node.type_id})),
+                        retryable: false,
+                    }
+                    .into(),
+                ),
+                Some(exec) => {
+                    let inv = NodeInvocation {
+                        type_id: node.type_id.clone(),
+                        inputs: resolved.clone(),
+                        config: node.config.clone(),
+                        settings: node.settings.clone(),
+                        ctx: NodeContext {
+                            run_id: ctx.run.run_id.clone(),
+                            workflow_id: ctx.run.workflow_id.clone(),
+                            node_id: node.id.clone(),
+                            tenant_id: ctx.run.tenant_id.clone(),
+                            attempt,
+                        },
+                    };
+                    let fut = exec.execute(inv);
+                    tokio::select! {
+                        r = fut => Some(r),
+                        _ = sleep_until_opt(timeout_ms.map(|t| tokio::time::Instant::now() + Duration::from_millis(t))) => {
+                            Some(NodeOutcome::Failed {
+                                code: "node_timeout".into(),
+                                message: format!("node '{}' exceeded its {} ms timeout", node.id, timeout_ms.unwrap_or(0)),
+                                details: Some(json!({"timeoutMs": timeout_ms})),
+                                retryable: true,
+                            }.into())
+                        }
+                        _ = cancelled(&mut cancel) => None,
+                    }
+                }
+            },
+        };
+        let Some(result) = result else {
+            let reason = cancel.borrow().clone().unwrap_or_default();
+            let ev = NewEvent::new(
+                "node.cancelled",
+                json!({"nodeId": node.id, "reason": reason}),
+            )
+            .node(&node.id)
+            .caused_by(Some(&started_id));
+            ctx.append(vec![ev], None).await?;
+            return Ok(NodeEnd::Cancelled);
+        };
+        let mut events: Vec<NewEvent> = result
+            .events
+            .into_iter()
+            .map(|e| {
+                NewEvent::new(e.event_type, e.payload)
+                    .node(&node.id)
+                    .caused_by(Some(&started_id))
+            })
+            .collect();
+        let duration_ms = t0.elapsed().as_millis() as u64;
+        match result.outcome {
+            NodeOutcome::Completed { output, metrics } => {
+                let mut payload = json!({"nodeId": node.id, "outputs": output, "durationMs": duration_ms, "attempt": attempt});
+                if let Some(m) = metrics {
+                    payload["metrics"] = m;
+                }
+                events.push(
+                    NewEvent::new("node.completed", payload)
+                        .node(&node.id)
+                        .caused_by(Some(&started_id)),
+                );
+                let recs = ctx.append(events, None).await?;
+                return Ok(NodeEnd::Done {
+                    output,
+                    event_id: recs.last().unwrap().event_id.clone(),
+                });
+            }
+            outcome @ NodeOutcome::Failed { .. } => {
+                let error = outcome.error_json().unwrap();
+                let retryable = error["retryable"].as_bool().unwrap_or(false);
+                if retryable && attempts_here <= max_retries {
+                    let delay = backoff_ms(&node.settings, attempts_here as u32);
+                    events.push(
+                        NewEvent::new(
+                            "node.retried",
+                            json!({"nodeId": node.id, "attempt": attempt, "nextAttempt": attempt + 1, "delayMs": delay, "error": error}),
+                        )
+                        .node(&node.id)
+                        .caused_by(Some(&started_id)),
+                    );
+                    let recs = ctx.append(events, None).await?;
+                    cause = recs.last().map(|r| r.event_id.clone());
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(delay)) => {}
+                        reason = cancelled(&mut cancel) => {
+                            let ev = NewEvent::new("node.cancelled", json!({"nodeId": node.id, "reason": reason}))
+                                .node(&node.id)
+                                .caused_by(cause.as_deref());
+                            ctx.append(vec![ev], None).await?;
+                            return Ok(NodeEnd::Cancelled);
+                        }
+                    }
+                    attempt += 1;
+                    continue;
+                }
+                events.push(
+                    NewEvent::new(
+                        "node.failed",
+                        json!({"nodeId": node.id, "error": error, "attempts": attempts_here,
+                               "durationMs": started_at.elapsed().as_millis() as u64}),
+                    )
+                    .node(&node.id)
+                    .caused_by(Some(&started_id)),
+                );
+                let recs = ctx.append(events, None).await?;
+                return Ok(NodeEnd::Failed {
+                    error,
+                    event_id: recs.last().unwrap().event_id.clone(),
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! SQLite backend: WAL journal, `synchronous=NORMAL`, one writer connection and a bounded pool
+//! of readers.
+//!
+//! Durability trade-off (documented in docs/durability.md): in WAL mode with
+//! `synchronous=NORMAL` a commit is appended to the WAL without an fsync; the WAL is fsynced at
+//! checkpoints. A committed transaction survives a process crash (`kill -9`) — the WAL is in the
+//! OS page cache — but the last few commits can be lost on power failure / kernel crash. Set
+//! `WOPBOX_SQLITE_SYNC=FULL` to fsync every commit when that matters more than throughput.
+//!
+//! All writes go through a single connection, so SQLite never sees two writers (no
+//! `SQLITE_BUSY` storms) and transactions such as "check idempotency key, insert run" are
+//! serialised without any lock in the engine.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use serde_json::Value;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use super::*;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations");
+
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn open(data_dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(data_dir)?;
+        let path = data_dir.join("wopbox.db");
+        let sync = match std::env::var("WOPBOX_SQLITE_SYNC").ok().as_deref() {
+            Some("FULL") | Some("full") => SqliteSynchronous::Full,
+            _ => SqliteSynchronous::Normal,
+        };
+        let base = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(sync)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true)
+            .pragma("temp_store", "memory")
+            .pragma("cache_size", "-16000");
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(base.clone())
+            .await?;
+        MIGRATOR.run(&writer).await?;
+        let readers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(2, 8);
+        let reader = SqlitePoolOptions::new()
+            .max_connections(readers as u32)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(base)
+            .await?;
+        Ok(SqliteStore { writer, reader })
+    }
+}
+
+fn opt_json(s: Option<String>) -> StoreResult<Option<Value>> {
+    Ok(match s {
+        Some(s) => Some(serde_json::from_str(&s)?),
+        None => None,
+    })
+}
+
+fn row_to_run(r: &sqlx::sqlite::SqliteRow) -> StoreResult<RunRecord> {
+    Ok(RunRecord {
+        run_id: r.try_get("run_id")?,
+        workflow_id: r.try_get("workflow_id")?,
+        definition_digest: r.try_get("definition_digest")?,
+        tenant_id: r.try_get("tenant_id")?,
+        principal_id: r.try_get("principal_id")?,
+        status: r.try_get("status")?,
+        inputs: serde_json::from_str(r.try_get::<&str, _>("inputs")?)?,
+        variables: serde_json::from_str(r.try_get::<&str, _>("variables")?)?,
+        options: serde_json::from_str(r.try_get::<&str, _>("options")?)?,
+        current_node_id: r.try_get("current_node_id")?,
+        error: opt_json(r.try_get("error")?)?,
+        outputs: opt_json(r.try_get("outputs")?)?,
+        created_at: r.try_get("created_at")?,
+        started_at: r.try_get("started_at")?,
+        completed_at: r.try_get("completed_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+fn row_to_event(r: &sqlx::sqlite::SqliteRow) -> StoreResult<EventRecord> {
+    Ok(EventRecord {
+        run_id: r.try_get("run_id")?,
+        sequence: r.try_get("sequence")?,
+        event_id: r.try_get("event_id")?,
+        event_type: r.try_get("type")?,
+        node_id: r.try_get("node_id")?,
+        causation_id: r.try_get("causation_id")?,
+        payload: serde_json::from_str(r.try_get::<&str, _>("payload")?)?,
+        timestamp: r.try_get("timestamp")?,
+    })
+}
+
+fn row_to_workflow(r: &sqlx::sqlite::SqliteRow) -> StoreResult<StoredWorkflow> {
+    Ok(StoredWorkflow {
+        id: r.try_get("id")?,
+        version: r.try_get("version")?,
+        digest: r.try_get("digest")?,
+        definition: serde_json::from_str(r.try_get::<&str, _>("definition")?)?,
+        source: r.try_get("source")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+const WORKFLOW_COLS: &str =
+    "w.id, w.version, w.digest, w.source, w.created_at, w.updated_at, v.definition";
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn put_workflow(&self, wf: &StoredWorkflow) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT OR IGNORE INTO workflow_versions (digest, workflow_id, definition, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&wf.digest)
+        .bind(&wf.id)
+        .bind(wf.definition.to_string())
+        .bind(&wf.updated_at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO workflows (id, version, digest, source, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT(id) DO UPDATE SET version = excluded.version, digest = excluded.digest,
+               source = excluded.source, updated_at = excluded.updated_at",
+        )
+        .bind(&wf.id)
+        .bind(&wf.version)
+        .bind(&wf.digest)
+        .bind(&wf.source)
+        .bind(&wf.created_at)
+        .bind(&wf.updated_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_workflow(&self, id: &str) -> StoreResult<Option<StoredWorkflow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {WORKFLOW_COLS} FROM workflows w JOIN workflow_versions v ON v.digest = w.digest WHERE w.id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(row_to_workflow).transpose()
+    }
+
+    async fn list_workflows(&self) -> StoreResult<Vec<StoredWorkflow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {WORKFLOW_COLS} FROM workflows w JOIN workflow_versions v ON v.digest = w.digest ORDER BY w.id"
+        ))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(row_to_workflow).collect()
+    }
+
+    async fn get_definition(&self, digest: &str) -> StoreResult<Option<Value>> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT definition FROM workflow_versions WHERE digest = ?")
+                .bind(digest)
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(match row {
+            Some((s,)) => Some(serde_json::from_str(&s)?),
+            None => None,
+        })
+    }
+
+    async fn create_run(
+        &self,
+        run: &RunRecord,
+        idem: Option<&IdempotencyClaim>,
+    ) -> StoreResult<CreateRunOutcome> {
+        let mut tx = self.writer.begin().await?;
+        if let Some(claim) = idem {
+            let existing: Option<(String, i64, String)> = sqlx::query_as(
+                "SELECT request_digest, response_status, response_body FROM idempotency_keys WHERE scope_key = ?",
+            )
+            .bind(&claim.scope_key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((digest, status, body)) = existing {
+                tx.rollback().await?;
+                return Ok(if digest == claim.request_digest {
+                    CreateRunOutcome::Replay {
+                        status: status as u16,
+                        body: serde_json::from_str(&body)?,
+                    }
+                } else {
+                    CreateRunOutcome::Mismatch
+                });
+            }
+        }
+        sqlx::query(
+            "INSERT INTO runs (run_id, workflow_id, definition_digest, tenant_id, principal_id, status, terminal,
+               inputs, variables, options, current_node_id, error, outputs, next_sequence, created_at, started_at,
+               completed_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, NULL, NULL, NULL, 0, ?, NULL, NULL, ?)",
+        )
+        .bind(&run.run_id)
+        .bind(&run.workflow_id)
+        .bind(&run.definition_digest)
+        .bind(&run.tenant_id)
+        .bind(&run.principal_id)
+        .bind(&run.status)
+        .bind(run.inputs.to_string())
+        .bind(run.variables.to_string())
+        .bind(run.options.to_string())
+        .bind(&run.created_at)
+        .bind(&run.updated_at)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(claim) = idem {
+            sqlx::query(
+                "INSERT INTO idempotency_keys (scope_key, request_digest, response_status, response_body, created_at)
+                 VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(&claim.scope_key)
+            .bind(&claim.request_digest)
+            .bind(claim.response_status as i64)
+            .bind(claim.response_body.to_string())
+            .bind(&run.created_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(CreateRunOutcome::Created)
+    }
+
+    async fn get_run(&self, run_id: &str) -> StoreResult<Option<RunRecord>> {
+        let row = sqlx::query("SELECT * FROM runs WHERE run_id = ?")
+            .bind(run_id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(row_to_run).transpose()
+    }
+
+    async fn list_unfinished_runs(&self) -> StoreResult<Vec<RunRecord>> {
+        let rows = sqlx::query("SELECT * FROM runs WHERE terminal = 0 ORDER BY created_at")
+            .fetch_all(&self.writer)
+            .await?;
+        rows.iter().map(row_to_run).collect()
+    }
+
+    async fn set_run_status(&self, run_id: &str, status: &str) -> StoreResult<bool> {
+        let r = sqlx::query(
+            "UPDATE runs SET status = ?, updated_at = ? WHERE run_id = ? AND terminal = 0",
+        )
+        .bind(status)
+        .bind(ts(Utc::now()))
+        .bind(run_id)
+        .execute(&self.writer)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn append_events(
+        &self,
+        run_id: &str,
+        events: Vec<NewEvent>,
+        update: Option<RunUpdate>,
+    ) -> StoreResult<Vec<EventRecord>> {
+        let mut tx = self.writer.begin().await?;
+        let row: Option<(i64, i64)> =
+            sqlx::query_as("SELECT next_sequence, terminal FROM runs WHERE run_id = ?")
+                .bind(run_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let (mut seq, terminal) = row.ok_or(StoreError::RunNotFound)?;
+        if terminal != 0 {
+            tx.rollback().await?;
+            return Err(StoreError::RunTerminal);
+        }
+        let mut out = Vec::with_capacity(events.len());
+        let mut becomes_terminal = false;
+        for ev in events {
+            if becomes_terminal {
+                return Err(StoreError::Backend(
+                    "event appended after the terminal event".into(),
+                ));
+            }
+            becomes_terminal = is_terminal_event(&ev.event_type);
+            let payload = ev.payload.to_string();
+            sqlx::query(
+                "INSERT INTO run_events (run_id, sequence, event_id, type, node_id, causation_id, payload, timestamp)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(run_id)
+            .bind(seq)
+            .bind(&ev.event_id)
+            .bind(&ev.event_type)
+            .bind(&ev.node_id)
+            .bind(&ev.causation_id)
+            .bind(&payload)
+            .bind(&ev.timestamp)
+            .execute(&mut *tx)
+            .await?;
+            out.push(EventRecord {
+                run_id: run_id.to_string(),
+                sequence: seq,
+                event_id: ev.event_id,
+                event_type: ev.event_type,
+                node_id: ev.node_id,
+                causation_id: ev.causation_id,
+                payload: ev.payload,
+                timestamp: ev.timestamp,
+            });
+            seq += 1;
+        }
+        let u = update.unwrap_or_default();
+        let (set_node, node) = match u.current_node_id {
+            Some(n) => (1i64, n),
+            None => (0i64, None),
+        };
+        sqlx::query(
+            "UPDATE runs SET next_sequence = ?, terminal = ?, status = COALESCE(?, status),
+               current_node_id = CASE WHEN ? = 1 THEN ? ELSE current_node_id END,
+               error = COALESCE(?, error), outputs = COALESCE(?, outputs),
+               started_at = COALESCE(?, started_at), completed_at = COALESCE(?, completed_at), updated_at = ?
+             WHERE run_id = ?",
+        )
+        .bind(seq)
+        .bind(becomes_terminal as i64)
+        .bind(u.status)
+        .bind(set_node)
+        .bind(node)
+        .bind(u.error.map(|v| v.to_string()))
+        .bind(u.outputs.map(|v| v.to_string()))
+        .bind(u.started_at)
+        .bind(u.completed_at)
+        .bind(ts(Utc::now()))
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn list_events(
+        &self,
+        run_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<EventRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM run_events WHERE run_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
+        )
+        .bind(run_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(row_to_event).collect()
+    }
+}
