@@ -18,7 +18,13 @@
 //! Invoke: a fresh `Store` (limiter, fuel, epoch deadline set by
 //! [`crate::limits::prepare_store`] *before* instantiation, so the component's
 //! start code is covered), a fresh WASI context built from the effective
-//! grants, a fresh instance from the template, one call to `invoke`. If the
+//! grants, a fresh instance from the template, one call to `invoke`.
+//! Instantiation and calls are async (`instantiate_async`/`call_async`, WASI
+//! and wasi-http linked in their async flavour) and driven on the calling
+//! thread under a tokio timeout at the same wall-clock deadline: epochs stop
+//! running wasm, the timeout abandons a guest parked in a host call (a WASI
+//! sleep, a slow HTTP peer) so its worker thread and slot are released on
+//! time. If the
 //! invocation carries its own grants the gate runs again against them, so a
 //! narrower per-call grant is refused, never silently widened.
 //!
@@ -49,6 +55,10 @@ pub mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "node-pack",
+        // Exports are called with `call_async` so that an invocation can be
+        // abandoned while the guest waits inside a host call (a WASI sleep,
+        // a slow HTTP peer): epochs only interrupt running wasm.
+        exports: { default: async },
     });
 }
 
@@ -153,7 +163,9 @@ fn linker(engine: &wasmtime::Engine, linked: &BTreeSet<Linked>) -> wasmtime::Res
     use wasmtime_wasi::cli::{WasiCli, WasiCliView};
     use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
     use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView};
-    use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, random, sync};
+    // The async flavours of the blocking interfaces (poll, streams,
+    // filesystem, http), so a wait inside the host can be abandoned.
+    use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, io, random};
     use wasmtime_wasi::random::WasiRandom;
 
     struct HasIo;
@@ -168,8 +180,8 @@ fn linker(engine: &wasmtime::Engine, linked: &BTreeSet<Linked>) -> wasmtime::Res
     // gate only lets these through when they appear; linking extra
     // interfaces a component does not import is harmless).
     wasmtime_wasi::p2::bindings::io::error::add_to_linker::<ComponentState, HasIo>(&mut l, |t| &mut t.table)?;
-    sync::io::poll::add_to_linker::<ComponentState, HasIo>(&mut l, |t| &mut t.table)?;
-    sync::io::streams::add_to_linker::<ComponentState, HasIo>(&mut l, |t| &mut t.table)?;
+    io::poll::add_to_linker::<ComponentState, HasIo>(&mut l, |t| &mut t.table)?;
+    io::streams::add_to_linker::<ComponentState, HasIo>(&mut l, |t| &mut t.table)?;
     clocks::wall_clock::add_to_linker::<ComponentState, WasiClocks>(&mut l, |t| t.clocks())?;
     clocks::monotonic_clock::add_to_linker::<ComponentState, WasiClocks>(&mut l, |t| t.clocks())?;
     random::random::add_to_linker::<ComponentState, WasiRandom>(&mut l, |t| t.wasi.random())?;
@@ -191,10 +203,10 @@ fn linker(engine: &wasmtime::Engine, linked: &BTreeSet<Linked>) -> wasmtime::Res
     }
     if linked.contains(&Linked::Filesystem) {
         filesystem::preopens::add_to_linker::<ComponentState, WasiFilesystem>(&mut l, |t| t.filesystem())?;
-        sync::filesystem::types::add_to_linker::<ComponentState, WasiFilesystem>(&mut l, |t| t.filesystem())?;
+        filesystem::types::add_to_linker::<ComponentState, WasiFilesystem>(&mut l, |t| t.filesystem())?;
     }
     if linked.contains(&Linked::Http) {
-        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut l)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut l)?;
     }
     Ok(l)
 }
@@ -213,14 +225,21 @@ pub(crate) fn load(
     let hs = &ll.handshake;
     let mut store = Store::new(engine.engine(), ComponentState::new(hs, WasiCtx::builder().build(), HttpAllowlist::default()));
     let budget = prepare_store(&mut store, hs, engine.epoch_tick());
-    let answer = (|| {
-        let inst = pack.pre.instantiate(&mut store)?;
-        let node = inst.openwop_node_node();
-        let name = node.call_pack_name(&mut store)?;
-        let nodes = node.call_nodes(&mut store)?;
-        Ok::<_, wasmtime::Error>((name, nodes))
-    })();
-    let (name, nodes) = answer.map_err(|e| classify(e, &store.data().limiter, &budget))?;
+    let pre = &pack.pre;
+    let answer = run_with_deadline(hs, &budget, &mut store, |store| {
+        Box::pin(async move {
+            let inst = pre.instantiate_async(&mut *store).await?;
+            let node = inst.openwop_node_node();
+            let name = node.call_pack_name(&mut *store).await?;
+            let nodes = node.call_nodes(&mut *store).await?;
+            Ok((name, nodes))
+        })
+    });
+    let (name, nodes) = match answer {
+        Ok(v) => v,
+        Err(Stopped::Deadline(e)) => return Err(e),
+        Err(Stopped::Error(e)) => return Err(classify(e, &store.data().limiter, &budget)),
+    };
     if name.is_empty() || name.len() > 256 {
         return Err(SandboxError::abi(format!("component pack-name must be 1..=256 bytes, got {}", name.len())));
     }
@@ -290,10 +309,14 @@ pub(crate) fn invoke(
         },
     };
     let input = req.input.to_string();
-    let call = (|| {
-        let inst = c.pre.instantiate(&mut store)?;
-        inst.openwop_node_node().call_invoke(&mut store, &req.type_id, &node_ctx, &input)
-    })();
+    let pre = &c.pre;
+    let type_id = req.type_id.as_str();
+    let call = run_with_deadline(limits, &budget, &mut store, |store| {
+        Box::pin(async move {
+            let inst = pre.instantiate_async(&mut *store).await?;
+            inst.openwop_node_node().call_invoke(&mut *store, type_id, &node_ctx, &input).await
+        })
+    });
 
     let fuel_consumed = budget.fuel_consumed(&store);
     let result = match call {
@@ -313,7 +336,8 @@ pub(crate) fn invoke(
             message: e.message,
             details: e.details_json.and_then(|d| serde_json::from_str(&d).ok()),
         },
-        Err(e) => {
+        Err(Stopped::Deadline(e)) => return Err(e),
+        Err(Stopped::Error(e)) => {
             if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
                 return Err(SandboxError::Trap {
                     message: format!("guest called wasi:cli/exit with status {}", exit.0),
@@ -336,6 +360,49 @@ pub(crate) fn invoke(
     };
     attach_output(&mut out, &captured);
     Ok(out)
+}
+
+/// Why a guest run ended without an answer.
+enum Stopped {
+    /// The wall clock ran out while the guest was blocked in a host call
+    /// (a WASI sleep, a slow HTTP peer…): the run was abandoned.
+    Deadline(SandboxError),
+    /// Wasmtime error (trap, epoch interrupt, fuel, link error…).
+    Error(wasmtime::Error),
+}
+
+type GuestFuture<'a, R> = std::pin::Pin<Box<dyn std::future::Future<Output = wasmtime::Result<R>> + Send + 'a>>;
+
+/// Run guest code (instantiation and calls) to completion on the calling
+/// thread, or abandon it at the wall-clock deadline.
+///
+/// Wasm that is *running* is stopped by the epoch deadline (a trap, mapped
+/// by [`classify`]); this covers the other case — the guest parked inside a
+/// host call, where epochs cannot reach. Dropping the future unwinds the
+/// guest's fiber, so the worker thread is free again at the deadline rather
+/// than when the host call would have finished.
+fn run_with_deadline<'s, R>(
+    limits: &Limits,
+    budget: &crate::limits::Budget,
+    store: &'s mut Store<ComponentState>,
+    f: impl FnOnce(&'s mut Store<ComponentState>) -> GuestFuture<'s, R>,
+) -> Result<R, Stopped> {
+    let remaining = limits.wall_clock.saturating_sub(budget.started.elapsed());
+    // Let the epoch trap (it knows whether wasm or the host was running)
+    // win the race when the guest is computing; the host-side timer is a
+    // little later.
+    let grace = std::time::Duration::from_millis(20);
+    let fut = f(store);
+    wasmtime_wasi::runtime::in_tokio(async move {
+        match tokio::time::timeout(remaining + grace, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(Stopped::Error(e)),
+            Err(_) => Err(Stopped::Deadline(SandboxError::Timeout {
+                limit_ms: limits.wall_clock.as_millis() as u64,
+                elapsed_ms: budget.started.elapsed().as_millis() as u64,
+            })),
+        }
+    })
 }
 
 /// Put captured stdout/stderr on the outcome.

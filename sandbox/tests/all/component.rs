@@ -454,6 +454,16 @@ async fn http_pack_reaches_only_allowlisted_hosts() {
 /// `result<string, node-error>` return area), `start` is an optional core
 /// start function body, `memory` the core memory declaration.
 fn wat_component(imports: &str, body: &str, start: Option<&str>, memory: &str) -> String {
+    wat_component_with(imports, "", "", body, start, memory)
+}
+
+/// [`wat_component`] plus `lowered`: component-level definitions after the
+/// imports (e.g. `canon lower` of imported functions into a core instance
+/// named `$host`), and `core_imports`: imports of the core module (from
+/// module `host`). When `core_imports` is non-empty the core module is
+/// instantiated with `(with "host" (instance $host))`.
+fn wat_component_with(imports: &str, lowered: &str, core_imports: &str, body: &str, start: Option<&str>, memory: &str) -> String {
+    let with_host = if core_imports.is_empty() { "" } else { r#"(with "host" (instance $host))"# };
     let start = match start {
         Some(s) => format!("(func $start {s}) (start $start)"),
         None => String::new(),
@@ -473,7 +483,9 @@ fn wat_component(imports: &str, body: &str, start: Option<&str>, memory: &str) -
   (alias export $types "node-context" (type $node-context))
   (alias export $types "node-error" (type $node-error))
   (alias export $types "node-info" (type $node-info))
+  {lowered}
   (core module $m
+    {core_imports}
     {memory}
     (global $heap (mut i32) (i32.const 4096))
     (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
@@ -503,7 +515,7 @@ fn wat_component(imports: &str, body: &str, start: Option<&str>, memory: &str) -
     (func (export "invoke") (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)
       {body})
     {start})
-  (core instance $i (instantiate $m))
+  (core instance $i (instantiate $m {with_host}))
   (alias core export $i "memory" (core memory $mem))
   (alias core export $i "cabi_realloc" (core func $realloc))
   (type $pack-name-ty (func (result string)))
@@ -656,6 +668,58 @@ async fn wall_clock_trips_on_infinite_loop() {
     // The pack is still usable: the next call gets a fresh instance.
     let err = invoke_wat(&pack, json!({}), Some(Limits::default().with_fuel(None).with_wall_clock(Duration::from_millis(100)))).await.unwrap_err();
     assert!(matches!(err, SandboxError::Timeout { .. }));
+}
+
+/// Imports `wasi:io/poll` + `wasi:clocks/monotonic-clock` and lowers
+/// `subscribe-duration` and `pollable.block` into the core module.
+const SLEEP_IMPORTS: &str = r#"
+  (type $poll-ty (instance
+    (export "pollable" (type (sub resource)))
+    (type (borrow 0))
+    (type (func (param "self" 1)))
+    (export "[method]pollable.block" (func (type 2)))))
+  (import "wasi:io/poll@0.2.0" (instance $poll (type $poll-ty)))
+  (alias export $poll "pollable" (type $pollable))
+  (type $clock-ty (instance
+    (alias outer 1 $pollable (type))
+    (export "pollable" (type (eq 0)))
+    (type (own 1))
+    (type (func (param "when" u64) (result 2)))
+    (export "subscribe-duration" (func (type 3)))))
+  (import "wasi:clocks/monotonic-clock@0.2.0" (instance $clock (type $clock-ty)))"#;
+const SLEEP_LOWERED: &str = r#"
+  (alias export $poll "[method]pollable.block" (func $block))
+  (alias export $clock "subscribe-duration" (func $subscribe))
+  (core func $block-core (canon lower (func $block)))
+  (core func $subscribe-core (canon lower (func $subscribe)))
+  (core instance $host (export "block" (func $block-core)) (export "subscribe" (func $subscribe-core)))"#;
+const SLEEP_CORE_IMPORTS: &str = r#"
+    (import "host" "subscribe" (func $subscribe (param i64) (result i32)))
+    (import "host" "block" (func $block (param i32)))"#;
+/// Sleep 60 s inside the host (`subscribe-duration` + `block`), then answer.
+const SLEEP_BODY: &str = "(call $block (call $subscribe (i64.const 60000000000))) (i32.store8 (i32.const 700) (i32.const 0)) (i32.store (i32.const 704) (i32.const 128)) (i32.store (i32.const 708) (i32.const 11)) (i32.const 700)";
+
+#[tokio::test]
+async fn wall_clock_covers_time_blocked_in_host_calls() {
+    // Epochs only interrupt running wasm; a guest parked in a WASI sleep is
+    // abandoned at the deadline instead, and its worker thread and
+    // concurrency slot are free again at once (not after 60 s).
+    let sb = Sandbox::new(SandboxConfig { max_concurrent: 1, ..SandboxConfig::default() }).unwrap();
+    let wat = wat_component_with(SLEEP_IMPORTS, SLEEP_LOWERED, SLEEP_CORE_IMPORTS, SLEEP_BODY, None, MEM);
+    let bytes = wat::parse_str(&wat).unwrap();
+    let pack = sb.load(bytes, LoadOptions::new(PackFormat::Component)).await.expect("load");
+    let limits = Limits::default().with_wall_clock(Duration::from_millis(200));
+    for _ in 0..3 {
+        let started = Instant::now();
+        let req = InvokeRequest::new("vendor.test.wat.node", json!({})).limits(limits.clone());
+        let err = sb.invoke(&pack, req).await.unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(err, SandboxError::Timeout { .. }), "{err:?}");
+        // With one slot, a guest still sleeping would make the next call
+        // queue behind it; every call returning promptly shows the slot
+        // was released.
+        assert!(took < Duration::from_millis(1500), "{took:?}");
+    }
 }
 
 #[tokio::test]
