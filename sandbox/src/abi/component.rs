@@ -216,8 +216,9 @@ pub(crate) fn load(
     ll: &LoadLimits,
     bytes: &[u8],
     opts: &LoadOptions,
-    _limits: &Limits,
+    limits: &Limits,
 ) -> Result<Loaded, SandboxError> {
+    check_declared(bytes, ll, engine.config().pool.max_memory_bytes.min(limits.memory_bytes))?;
     let (component, cache) = engine.component(bytes)?;
     let pack = prepare(engine.engine(), &component, &opts.grants)?;
 
@@ -253,6 +254,74 @@ pub(crate) fn load(
     }
     let nodes: Vec<String> = nodes.into_iter().map(|n| n.type_id).collect();
     Ok(Loaded { name, nodes, abi_version: None, cache, kind: PackKind::Component(pack) })
+}
+
+/// Parse the component once (no compilation) and bound what its core
+/// modules declare: at most `ll.max_memories` *defined* linear memories in
+/// the whole component (so the per-memory byte cap is a per-instance cap —
+/// a Rust/wit-component pack defines exactly one), no 64-bit or shared
+/// memories, initial memory within the cap, initial tables, function body
+/// size and locals within the load limits.
+fn check_declared(bytes: &[u8], ll: &LoadLimits, memory_cap: u64) -> Result<(), SandboxError> {
+    use wasmtime::wasmparser::{Parser, Payload};
+    let bad = |m: String| SandboxError::invalid(m);
+    let mem_cap = ll.max_initial_memory_bytes.min(memory_cap);
+    let mut memories = 0u64;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.map_err(|e| bad(format!("malformed component: {e}")))? {
+            Payload::MemorySection(r) => {
+                for m in r {
+                    let m = m.map_err(|e| bad(format!("malformed memory: {e}")))?;
+                    memories += 1;
+                    if memories > ll.max_memories as u64 {
+                        return Err(bad(format!(
+                            "component defines {memories} linear memories, the limit is {}",
+                            ll.max_memories
+                        )));
+                    }
+                    if m.memory64 || m.shared {
+                        return Err(bad("64-bit and shared memories are not supported".into()));
+                    }
+                    let initial = m.initial.saturating_mul(1u64 << m.page_size_log2());
+                    if initial > mem_cap {
+                        return Err(SandboxError::MemoryExceeded {
+                            limit_bytes: mem_cap,
+                            requested_bytes: Some(initial),
+                            message: format!("component declares an initial memory of {initial} bytes, the cap is {mem_cap}"),
+                        });
+                    }
+                }
+            }
+            Payload::TableSection(r) => {
+                for t in r {
+                    let t = t.map_err(|e| bad(format!("malformed table: {e}")))?;
+                    if t.ty.initial > ll.max_initial_table_elements {
+                        return Err(bad(format!(
+                            "component declares a table of {} elements, the limit is {}",
+                            t.ty.initial, ll.max_initial_table_elements
+                        )));
+                    }
+                }
+            }
+            Payload::CodeSectionEntry(body) => {
+                let size = body.range().len() as u64;
+                if size > ll.max_function_body_bytes as u64 {
+                    return Err(bad(format!("a function body is {size} bytes, the limit is {}", ll.max_function_body_bytes)));
+                }
+                let mut locals = 0u64;
+                let mut rd = body.get_locals_reader().map_err(|e| bad(format!("malformed locals: {e}")))?;
+                for _ in 0..rd.get_count() {
+                    let (n, _) = rd.read().map_err(|e| bad(format!("malformed locals: {e}")))?;
+                    locals = locals.saturating_add(n as u64);
+                    if locals > ll.max_locals as u64 {
+                        return Err(bad(format!("a function declares over {} locals", ll.max_locals)));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Gate, link and pre-instantiate (no guest code runs).

@@ -771,6 +771,23 @@ async fn memory_cap_trips() {
 }
 
 #[tokio::test]
+async fn declared_bounds_checked_at_load() {
+    // Two defined memories would make the per-memory byte cap a
+    // per-instance cap of twice the size: refused before compiling.
+    let two = r#"(memory (export "memory") 1) (memory $second 1)"#;
+    let err = load_wat(&wat_component("", OK_BODY, None, two), Grants::none()).await.unwrap_err();
+    assert!(matches!(err, SandboxError::InvalidModule { .. }), "{err:?}");
+    assert!(err.to_string().contains("linear memories"), "{err}");
+    // An initial memory over the pack's cap.
+    let huge = r#"(memory (export "memory") 2048)"#; // 128 MiB > 64 MiB default
+    let err = load_wat(&wat_component("", OK_BODY, None, huge), Grants::none()).await.unwrap_err();
+    assert_eq!(err.code(), "sandbox_memory_exceeded", "{err:?}");
+    // Shared memories are refused.
+    let shared = r#"(memory (export "memory") 1 1 shared)"#;
+    assert!(load_wat(&wat_component("", OK_BODY, None, shared), Grants::none()).await.is_err());
+}
+
+#[tokio::test]
 async fn component_output_cap() {
     let pack = load_wat(&wat_component("", ECHO_BODY, None, MEM), Grants::none()).await.unwrap();
     let big = json!({"s": "y".repeat(10_000)});
