@@ -13,9 +13,16 @@ use crate::store::{EventRecord, NewEvent, RunUpdate, Store, StoreResult};
 
 const CHANNEL_CAPACITY: usize = 256;
 
+/// A post-commit listener (webhook fan-out, metrics, ...). Called synchronously after every
+/// committed append, so implementations must only enqueue work, never block.
+pub trait EventSink: Send + Sync + 'static {
+    fn committed(&self, run_id: &str, records: &[EventRecord]);
+}
+
 pub struct EventLog {
     store: Arc<dyn Store>,
     live: RwLock<HashMap<String, broadcast::Sender<Arc<EventRecord>>>>,
+    sinks: RwLock<Vec<Arc<dyn EventSink>>>,
 }
 
 impl EventLog {
@@ -23,7 +30,13 @@ impl EventLog {
         EventLog {
             store,
             live: RwLock::new(HashMap::new()),
+            sinks: RwLock::new(Vec::new()),
         }
+    }
+
+    /// Register a post-commit listener.
+    pub fn add_sink(&self, sink: Arc<dyn EventSink>) {
+        self.sinks.write().unwrap().push(sink);
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -39,6 +52,9 @@ impl EventLog {
     ) -> StoreResult<Vec<EventRecord>> {
         let records = self.store.append_events(run_id, events, update).await?;
         self.publish(run_id, &records);
+        for sink in self.sinks.read().unwrap().iter() {
+            sink.committed(run_id, &records);
+        }
         Ok(records)
     }
 

@@ -143,6 +143,11 @@ async fn sse_replays_streams_and_closes_after_terminal() {
     let ids: Vec<_> = sse.frames.iter().map(|f| f.id.clone().unwrap()).collect();
     assert_eq!(ids, ["5", "6", "7"]);
 
+    // A client that accepts only JSON gets the poll shape from the stream route.
+    let (s, b) = h.get(&format!("/v1/runs/{run_id}/events")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["events"].as_array().unwrap(), &polled);
+
     // Unsupported stream modes and bad resume ids.
     let (s, b) = h
         .get(&format!("/v1/runs/{run_id}/events?streamMode=values"))

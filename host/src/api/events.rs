@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::auth::Auth;
+use super::auth::{Auth, Principal};
 use super::error::ApiError;
 use super::runs::load_run;
 use super::AppState;
@@ -69,33 +69,47 @@ pub async fn poll(
             }
         },
     };
-    let mut run = load_run(&st, &principal, &run_id).await?;
+    Ok(
+        axum::Json(poll_page(&st, &principal, &run_id, cursor, limit, wait_ms).await?)
+            .into_response(),
+    )
+}
+
+/// One page of committed events after `cursor` (the poll response shape).
+async fn poll_page(
+    st: &AppState,
+    principal: &Principal,
+    run_id: &str,
+    cursor: i64,
+    limit: i64,
+    wait_ms: u64,
+) -> Result<serde_json::Value, ApiError> {
+    let mut run = load_run(st, principal, run_id).await?;
     let store = st.engine.store();
-    let mut events = store.list_events(&run_id, cursor, limit).await?;
+    let mut events = store.list_events(run_id, cursor, limit).await?;
     if events.is_empty() && wait_ms > 0 && !run.is_terminal() {
         // Long-poll: wait for the next append (or the deadline), then re-read committed events.
-        let mut rx = st.events.subscribe(&run_id);
-        events = store.list_events(&run_id, cursor, limit).await?;
+        let mut rx = st.events.subscribe(run_id);
+        events = store.list_events(run_id, cursor, limit).await?;
         if events.is_empty() {
             let _ = tokio::time::timeout(Duration::from_millis(wait_ms), rx.recv()).await;
-            events = store.list_events(&run_id, cursor, limit).await?;
+            events = store.list_events(run_id, cursor, limit).await?;
         }
-        run = load_run(&st, &principal, &run_id).await?;
+        run = load_run(st, principal, run_id).await?;
     }
     let last = events.last().map(|e| e.sequence).unwrap_or(cursor);
     let has_more = events.len() as i64 == limit;
-    let status = run.status.clone();
-    Ok(axum::Json(json!({
+    let terminal = is_terminal_status(&run.status);
+    Ok(json!({
         "runId": run_id,
         "events": events.iter().map(EventRecord::to_json).collect::<Vec<_>>(),
         "lastEventSeq": last,
         "nextCursor": last,
         "hasMore": has_more,
-        "runStatus": status,
-        "isTerminal": is_terminal_status(&status),
-        "isComplete": is_terminal_status(&status) && !has_more,
+        "runStatus": run.status,
+        "isTerminal": terminal,
+        "isComplete": terminal && !has_more,
     }))
-    .into_response())
 }
 
 /// Event types hidden by the default `updates` stream mode (stream-modes.md).
@@ -137,6 +151,17 @@ pub async fn sse(
         .or_else(|| q.get("lastSequence").cloned());
     let after = parse_cursor(resume_raw.as_ref(), "Last-Event-ID")?;
     load_run(&st, &principal, &run_id).await?;
+
+    // Content negotiation: a client that asks for JSON only gets the poll shape.
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if accept.contains("application/json") && !accept.contains("text/event-stream") {
+        return Ok(
+            axum::Json(poll_page(&st, &principal, &run_id, after, PAGE, 0).await?).into_response(),
+        );
+    }
 
     // Subscribe before reading the backlog; de-duplicate by sequence.
     let live = st.events.subscribe(&run_id);

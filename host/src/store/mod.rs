@@ -97,7 +97,7 @@ impl RunRecord {
         m.insert("status".into(), json!(self.status));
         m.insert(
             "owner".into(),
-            json!({"tenant": self.tenant_id, "principal": self.principal_id, "principalKind": "api-key"}),
+            json!({"tenant": self.tenant_id, "principal": self.principal_id}),
         );
         if let Some(n) = &self.current_node_id {
             m.insert("currentNodeId".into(), json!(n));
