@@ -210,10 +210,42 @@ impl Engine {
         tokio::spawn(async move {
             let run_id = run.run_id.clone();
             if let Err(e) = scheduler::drive(engine.clone(), run, resume, rx).await {
-                tracing::error!(run_id = %run_id, error = %e, "run driver failed");
+                tracing::error!(run_id = %run_id, error = %e, "run driver failed; failing the run");
+                engine
+                    .fail_run(
+                        &run_id,
+                        "internal_error",
+                        &format!("the run could not continue: {e}"),
+                    )
+                    .await;
             }
             engine.active.lock().unwrap().remove(&run_id);
         });
+    }
+
+    /// Best-effort terminal failure for a run whose driver could not continue (storage errors),
+    /// so it is never left hanging; retried briefly, and recovery covers a crash in between.
+    async fn fail_run(&self, run_id: &str, code: &str, message: &str) {
+        for attempt in 0..5u64 {
+            let ev = NewEvent::new(
+                "run.failed",
+                json!({"error": {"code": code, "message": message}}),
+            );
+            let update = RunUpdate {
+                status: Some("failed".into()),
+                error: Some(json!({"code": code, "message": message})),
+                current_node_id: Some(None),
+                completed_at: Some(ts(Utc::now())),
+                ..Default::default()
+            };
+            match self.events.append(run_id, vec![ev], Some(update)).await {
+                Ok(_) | Err(StoreError::RunTerminal) | Err(StoreError::RunNotFound) => return,
+                Err(e) => {
+                    tracing::warn!(run_id, error = %e, "could not record run failure; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+                }
+            }
+        }
     }
 
     /// Resume (or fail) every run that a previous process left unfinished.

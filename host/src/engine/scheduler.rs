@@ -201,6 +201,8 @@ pub(super) async fn drive(
             // Schedule everything that is ready; skipping can make more nodes ready.
             loop {
                 let mut progressed = false;
+                // Built at most once per pass: outputs only change when tasks finish.
+                let mut outputs_ctx: Option<Value> = None;
                 for i in 0..n {
                     if !matches!(states[i], NodeState::Pending) {
                         continue;
@@ -210,7 +212,8 @@ pub(super) async fn drive(
                         continue;
                     }
                     progressed = true;
-                    let outputs_ctx = expr_context(&ctx, &states);
+                    let scope: &Value =
+                        outputs_ctx.get_or_insert_with(|| expr_context(&ctx, &states));
                     let mut edge_states = Vec::with_capacity(inc.len());
                     let mut edge_inputs = Map::new();
                     let mut skip_note: Option<String> = None;
@@ -222,7 +225,7 @@ pub(super) async fn drive(
                                 cause = Some(event_id.clone());
                                 let holds = match &edge.condition {
                                     None => Ok(true),
-                                    Some(c) => dag::edge_condition_holds(c, output, &outputs_ctx),
+                                    Some(c) => dag::edge_condition_holds(c, output, scope),
                                 };
                                 match holds {
                                     Ok(true) => {
@@ -276,7 +279,7 @@ pub(super) async fn drive(
                         states[i] = NodeState::Skipped;
                         continue;
                     }
-                    let inputs = dag::resolve_inputs(node, &outputs_ctx, edge_inputs);
+                    let inputs = dag::resolve_inputs(node, scope, edge_inputs);
                     states[i] = NodeState::Running;
                     let task_ctx = ctx.clone();
                     let cancel = node_cancel_rx.clone();

@@ -9,7 +9,8 @@
 //!
 //! All writes go through a single connection, so SQLite never sees two writers (no
 //! `SQLITE_BUSY` storms) and transactions such as "check idempotency key, insert run" are
-//! serialised without any lock in the engine.
+//! serialised without any lock in the engine. Event appends are group-committed by a writer
+//! task (see [`append_loop`]).
 
 use std::path::Path;
 use std::str::FromStr;
@@ -20,6 +21,7 @@ use chrono::Utc;
 use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
+use tokio::sync::{mpsc, oneshot};
 
 use super::*;
 
@@ -28,6 +30,166 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations"
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Appends go to the group-commit writer task.
+    appends: mpsc::Sender<AppendOp>,
+}
+
+/// Most appends committed in one transaction.
+const MAX_BATCH: usize = 256;
+
+struct AppendOp {
+    run_id: String,
+    events: Vec<NewEvent>,
+    update: Option<RunUpdate>,
+    reply: oneshot::Sender<StoreResult<Vec<EventRecord>>>,
+}
+
+/// Group commit: appends queued while a transaction is in flight are committed together in the
+/// next one (up to `MAX_BATCH`). Each caller is answered only after its commit, so
+/// "committed before acknowledged" holds; concurrent runs share one commit instead of paying
+/// one each. A batch that hits a database error is retried op by op, so one bad append cannot
+/// fail its neighbours.
+async fn append_loop(writer: SqlitePool, mut rx: mpsc::Receiver<AppendOp>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let inputs: Vec<_> = batch
+            .iter()
+            .map(|op| (op.run_id.clone(), op.events.clone(), op.update.clone()))
+            .collect();
+        match commit_batch(&writer, inputs).await {
+            Ok(results) => {
+                for (op, r) in batch.into_iter().zip(results) {
+                    let _ = op.reply.send(r);
+                }
+            }
+            Err(e) if batch.len() == 1 => {
+                let op = batch.pop().unwrap();
+                let _ = op.reply.send(Err(e.into()));
+            }
+            Err(_) => {
+                for op in batch {
+                    let r = match commit_batch(
+                        &writer,
+                        vec![(op.run_id.clone(), op.events, op.update)],
+                    )
+                    .await
+                    {
+                        Ok(mut v) => v.pop().unwrap(),
+                        Err(e) => Err(e.into()),
+                    };
+                    let _ = op.reply.send(r);
+                }
+            }
+        }
+    }
+}
+
+type AppendInput = (String, Vec<NewEvent>, Option<RunUpdate>);
+
+/// One transaction for a batch of appends. The outer error aborts the whole batch (database
+/// failure); inner errors are per-append refusals that wrote nothing.
+async fn commit_batch(
+    writer: &SqlitePool,
+    batch: Vec<AppendInput>,
+) -> Result<Vec<StoreResult<Vec<EventRecord>>>, sqlx::Error> {
+    let mut tx = writer.begin().await?;
+    let mut results = Vec::with_capacity(batch.len());
+    for (run_id, events, update) in batch {
+        results.push(append_in_tx(&mut tx, &run_id, events, update).await?);
+    }
+    tx.commit().await?;
+    Ok(results)
+}
+
+async fn append_in_tx(
+    tx: &mut sqlx::SqliteConnection,
+    run_id: &str,
+    events: Vec<NewEvent>,
+    update: Option<RunUpdate>,
+) -> Result<StoreResult<Vec<EventRecord>>, sqlx::Error> {
+    // Refusals are decided before anything is written.
+    if let Some(pos) = events.iter().position(|e| is_terminal_event(&e.event_type)) {
+        if pos + 1 != events.len() {
+            return Ok(Err(StoreError::Backend(
+                "event appended after the terminal event".into(),
+            )));
+        }
+    }
+    let row: Option<(i64, i64)> =
+        sqlx::query_as("SELECT next_sequence, terminal FROM runs WHERE run_id = ?")
+            .bind(run_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((mut seq, terminal)) = row else {
+        return Ok(Err(StoreError::RunNotFound));
+    };
+    if terminal != 0 {
+        return Ok(Err(StoreError::RunTerminal));
+    }
+    let becomes_terminal = events
+        .last()
+        .map(|e| is_terminal_event(&e.event_type))
+        .unwrap_or(false);
+    let mut out = Vec::with_capacity(events.len());
+    for ev in events {
+        sqlx::query(
+            "INSERT INTO run_events (run_id, sequence, event_id, type, node_id, causation_id, payload, timestamp)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(run_id)
+        .bind(seq)
+        .bind(&ev.event_id)
+        .bind(&ev.event_type)
+        .bind(&ev.node_id)
+        .bind(&ev.causation_id)
+        .bind(ev.payload.to_string())
+        .bind(&ev.timestamp)
+        .execute(&mut *tx)
+        .await?;
+        out.push(EventRecord {
+            run_id: run_id.to_string(),
+            sequence: seq,
+            event_id: ev.event_id,
+            event_type: ev.event_type,
+            node_id: ev.node_id,
+            causation_id: ev.causation_id,
+            payload: ev.payload,
+            timestamp: ev.timestamp,
+        });
+        seq += 1;
+    }
+    let u = update.unwrap_or_default();
+    let (set_node, node) = match u.current_node_id {
+        Some(n) => (1i64, n),
+        None => (0i64, None),
+    };
+    sqlx::query(
+        "UPDATE runs SET next_sequence = ?, terminal = ?, status = COALESCE(?, status),
+           current_node_id = CASE WHEN ? = 1 THEN ? ELSE current_node_id END,
+           error = COALESCE(?, error), outputs = COALESCE(?, outputs),
+           started_at = COALESCE(?, started_at), completed_at = COALESCE(?, completed_at), updated_at = ?
+         WHERE run_id = ?",
+    )
+    .bind(seq)
+    .bind(becomes_terminal as i64)
+    .bind(u.status)
+    .bind(set_node)
+    .bind(node)
+    .bind(u.error.map(|v| v.to_string()))
+    .bind(u.outputs.map(|v| v.to_string()))
+    .bind(u.started_at)
+    .bind(u.completed_at)
+    .bind(ts(Utc::now()))
+    .bind(run_id)
+    .execute(&mut *tx)
+    .await?;
+    Ok(Ok(out))
 }
 
 impl SqliteStore {
@@ -62,7 +224,13 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(base)
             .await?;
-        Ok(SqliteStore { writer, reader })
+        let (appends, rx) = mpsc::channel(4096);
+        tokio::spawn(append_loop(writer.clone(), rx));
+        Ok(SqliteStore {
+            writer,
+            reader,
+            appends,
+        })
     }
 }
 
@@ -277,80 +445,19 @@ impl Store for SqliteStore {
         events: Vec<NewEvent>,
         update: Option<RunUpdate>,
     ) -> StoreResult<Vec<EventRecord>> {
-        let mut tx = self.writer.begin().await?;
-        let row: Option<(i64, i64)> =
-            sqlx::query_as("SELECT next_sequence, terminal FROM runs WHERE run_id = ?")
-                .bind(run_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let (mut seq, terminal) = row.ok_or(StoreError::RunNotFound)?;
-        if terminal != 0 {
-            tx.rollback().await?;
-            return Err(StoreError::RunTerminal);
-        }
-        let mut out = Vec::with_capacity(events.len());
-        let mut becomes_terminal = false;
-        for ev in events {
-            if becomes_terminal {
-                return Err(StoreError::Backend(
-                    "event appended after the terminal event".into(),
-                ));
-            }
-            becomes_terminal = is_terminal_event(&ev.event_type);
-            let payload = ev.payload.to_string();
-            sqlx::query(
-                "INSERT INTO run_events (run_id, sequence, event_id, type, node_id, causation_id, payload, timestamp)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(run_id)
-            .bind(seq)
-            .bind(&ev.event_id)
-            .bind(&ev.event_type)
-            .bind(&ev.node_id)
-            .bind(&ev.causation_id)
-            .bind(&payload)
-            .bind(&ev.timestamp)
-            .execute(&mut *tx)
-            .await?;
-            out.push(EventRecord {
-                run_id: run_id.to_string(),
-                sequence: seq,
-                event_id: ev.event_id,
-                event_type: ev.event_type,
-                node_id: ev.node_id,
-                causation_id: ev.causation_id,
-                payload: ev.payload,
-                timestamp: ev.timestamp,
-            });
-            seq += 1;
-        }
-        let u = update.unwrap_or_default();
-        let (set_node, node) = match u.current_node_id {
-            Some(n) => (1i64, n),
-            None => (0i64, None),
+        let (reply, rx) = oneshot::channel();
+        let op = AppendOp {
+            run_id: run_id.to_string(),
+            events,
+            update,
+            reply,
         };
-        sqlx::query(
-            "UPDATE runs SET next_sequence = ?, terminal = ?, status = COALESCE(?, status),
-               current_node_id = CASE WHEN ? = 1 THEN ? ELSE current_node_id END,
-               error = COALESCE(?, error), outputs = COALESCE(?, outputs),
-               started_at = COALESCE(?, started_at), completed_at = COALESCE(?, completed_at), updated_at = ?
-             WHERE run_id = ?",
-        )
-        .bind(seq)
-        .bind(becomes_terminal as i64)
-        .bind(u.status)
-        .bind(set_node)
-        .bind(node)
-        .bind(u.error.map(|v| v.to_string()))
-        .bind(u.outputs.map(|v| v.to_string()))
-        .bind(u.started_at)
-        .bind(u.completed_at)
-        .bind(ts(Utc::now()))
-        .bind(run_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(out)
+        self.appends
+            .send(op)
+            .await
+            .map_err(|_| StoreError::Backend("event writer stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Backend("event writer stopped".into()))?
     }
 
     async fn list_events(

@@ -347,7 +347,7 @@ pub(crate) fn invoke(
     limits: &Limits,
     grants: &Grants,
 ) -> Result<InvokeOutcome, SandboxError> {
-    if !pack.nodes.iter().any(|n| *n == req.type_id) {
+    if !pack.nodes.contains(&req.type_id) {
         return Err(SandboxError::UnknownNode { pack: pack.name.clone(), type_id: req.type_id.clone() });
     }
     // A per-call grant must still cover every import; it can narrow the
