@@ -143,11 +143,19 @@ impl Default for LoadLimits {
 /// Resource limiter installed in every Store: caps memory and tables,
 /// refuses (does not trap on) a grow over the cap so the guest sees -1,
 /// and records what it refused and the peak size for reporting.
+///
+/// The memory cap is on the *sum* of all linear memories in the Store
+/// (wasmtime's own `StoreLimits::memory_size` is per memory, so two
+/// memories would get twice the cap).
 #[derive(Debug, Clone)]
 pub struct Limiter {
     memory_cap: u64,
     table_cap: u64,
-    /// Largest linear memory size seen (bytes).
+    /// Bytes of linear memory currently allocated in the Store (all memories).
+    pub total_memory: u64,
+    /// The last growth granted, undone if the grow then fails.
+    last_grant: u64,
+    /// Largest total linear memory seen (bytes).
     pub peak_memory: u64,
     /// The largest refused memory request (bytes), if any was refused.
     pub memory_denied: Option<u64>,
@@ -161,6 +169,8 @@ impl Limiter {
         Limiter {
             memory_cap: limits.memory_bytes,
             table_cap: limits.table_elements,
+            total_memory: 0,
+            last_grant: 0,
             peak_memory: 0,
             memory_denied: None,
             table_denied: None,
@@ -174,22 +184,25 @@ impl Limiter {
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        let desired = desired as u64;
-        let over_max = matches!(maximum, Some(m) if desired > m as u64);
-        if desired > self.memory_cap || over_max {
-            self.memory_denied = Some(self.memory_denied.map_or(desired, |d| d.max(desired)));
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let delta = (desired as u64).saturating_sub(current as u64);
+        let total = self.total_memory.saturating_add(delta);
+        let over_max = matches!(maximum, Some(m) if desired > m);
+        if total > self.memory_cap || over_max {
+            self.memory_denied = Some(self.memory_denied.map_or(total, |d| d.max(total)));
             return Ok(false);
         }
-        self.peak_memory = self.peak_memory.max(desired);
+        self.total_memory = total;
+        self.last_grant = delta;
+        self.peak_memory = self.peak_memory.max(total);
         Ok(true)
     }
 
     fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
         // The OS refused (or the pool's per-slot cap did): the guest sees -1.
-        if self.memory_denied.is_none() {
-            self.memory_denied = Some(self.peak_memory);
-        }
+        self.total_memory = self.total_memory.saturating_sub(self.last_grant);
+        let wanted = self.total_memory.saturating_add(self.last_grant);
+        self.memory_denied = Some(self.memory_denied.map_or(wanted, |d| d.max(wanted)));
         Ok(())
     }
 
@@ -339,5 +352,15 @@ mod tests {
         assert!(!l.memory_growing(2 * PAGE as usize, 3 * PAGE as usize, None).unwrap());
         assert_eq!(l.peak_memory, 2 * PAGE);
         assert_eq!(l.memory_denied, Some(3 * PAGE));
+    }
+
+    #[test]
+    fn limiter_caps_the_sum_of_memories() {
+        let mut l = Limiter::new(&Limits::default().with_memory_bytes(3 * PAGE));
+        assert!(l.memory_growing(0, 2 * PAGE as usize, None).unwrap());
+        // A second memory of 2 pages would make 4 > 3.
+        assert!(!l.memory_growing(0, 2 * PAGE as usize, None).unwrap());
+        assert!(l.memory_growing(0, PAGE as usize, None).unwrap());
+        assert_eq!(l.peak_memory, 3 * PAGE);
     }
 }
