@@ -24,9 +24,10 @@
 //! thread under a tokio timeout at the same wall-clock deadline: epochs stop
 //! running wasm, the timeout abandons a guest parked in a host call (a WASI
 //! sleep, a slow HTTP peer) so its worker thread and slot are released on
-//! time. If the
-//! invocation carries its own grants the gate runs again against them, so a
-//! narrower per-call grant is refused, never silently widened.
+//! time. If the invocation carries its own grants the gate runs again
+//! against them, so a narrower per-call grant is refused, never silently
+//! widened. When an invocation fails (trap, limit), whatever the guest wrote
+//! to stderr is logged through `tracing` (`pack`, `node`, first 1 KiB).
 //!
 //! `wasi:cli/exit` is linked (Rust's std imports it); calling it unwinds the
 //! guest's own instance only and is reported as
@@ -405,15 +406,17 @@ pub(crate) fn invoke(
             message: e.message,
             details: e.details_json.and_then(|d| serde_json::from_str(&d).ok()),
         },
-        Err(Stopped::Deadline(e)) => return Err(e),
+        Err(Stopped::Deadline(e)) => return Err(log_failure(pack, req, &captured, e)),
         Err(Stopped::Error(e)) => {
             if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
-                return Err(SandboxError::Trap {
+                let e = SandboxError::Trap {
                     message: format!("guest called wasi:cli/exit with status {}", exit.0),
                     trap: Some(format!("exit({})", exit.0)),
-                });
+                };
+                return Err(log_failure(pack, req, &captured, e));
             }
-            return Err(classify(e, &store.data().limiter, &budget));
+            let e = classify(e, &store.data().limiter, &budget);
+            return Err(log_failure(pack, req, &captured, e));
         }
     };
 
@@ -472,6 +475,15 @@ fn run_with_deadline<'s, R>(
             })),
         }
     })
+}
+
+/// Log a failed invocation with the guest's stderr (its last words are
+/// often the only explanation of a trap), then hand the error back.
+fn log_failure(pack: &LoadedPack, req: &InvokeRequest, captured: &CapturedOutput, e: SandboxError) -> SandboxError {
+    let stderr = captured.stderr.contents();
+    let head = String::from_utf8_lossy(&stderr[..stderr.len().min(1024)]);
+    tracing::warn!(pack = %pack.name, node = %req.type_id, code = e.code(), error = %e, stderr = %head, "component invocation failed");
+    e
 }
 
 /// Put captured stdout/stderr on the outcome.
