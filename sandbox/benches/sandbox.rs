@@ -55,6 +55,11 @@ fn fresh_instance(c: &mut Criterion) {
         })
     });
     g.bench_function("echo_probe_blocking", |b| b.iter(|| s.invoke_blocking(&echo, &echo_req).unwrap()));
+    // The thread hop alone (what `invoke` adds to `invoke_blocking`, minus
+    // the queue slot and the backstop timer): for reading the numbers above.
+    g.bench_function("baseline_spawn_blocking_roundtrip", |b| {
+        b.iter(|| rt.block_on(async { tokio::task::spawn_blocking(|| 1u32).await.unwrap() }))
+    });
     g.bench_function("rfc0008_greet_blocking", |b| b.iter(|| s.invoke_blocking(&greet, &greet_req).unwrap()));
     g.finish();
 }

@@ -522,7 +522,9 @@ impl Sandbox {
 
     /// Invoke one node in a fresh instance. Waits for a free slot (bounded
     /// queue), then runs the guest on Tokio's blocking pool. Safe to call
-    /// from many tasks at once. Must be called inside a Tokio runtime.
+    /// from many tasks at once. Must be called inside a Tokio runtime with
+    /// the time driver enabled (`enable_time`/`enable_all`): the async
+    /// backstop is a `tokio::time::timeout`.
     ///
     /// `Ok` means the guest answered (completed, failed on purpose, or
     /// suspended); every sandbox-enforced failure is an `Err`.

@@ -305,9 +305,7 @@ async fn logs_are_bounded() {
     (call $pack (i32.const 512) (i32.const 34)))
   (data (i32.const 512) "{\"outcome\":\"completed\",\"output\":0}")"#;
     let p = load_core(core_module(r#"(import "openwop" "openwop_log" (func $log (param i32 i32 i32)))"#, body)).await;
-    let mut limits = Limits::default();
-    limits.max_log_entries = 10;
-    limits.max_log_message_bytes = 4;
+    let limits = Limits { max_log_entries: 10, max_log_message_bytes: 4, ..Limits::default() };
     let out = sandbox().invoke(&p, InvokeRequest::new("test.node", json!({})).limits(limits)).await.unwrap();
     assert_eq!(out.logs.len(), 10);
     assert_eq!(out.logs_dropped, 990);
