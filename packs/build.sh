@@ -40,7 +40,10 @@ build_component() {
   fi
   echo "building ${dir} (wasm32-wasip2)"
   # Own target dir inside the pack (gitignored); never the workspace's.
-  (cd "$dir" && CARGO_TARGET_DIR=target cargo build --release --locked --target wasm32-wasip2)
+  if ! (cd "$dir" && CARGO_TARGET_DIR=target cargo build --release --locked --target wasm32-wasip2); then
+    echo "FAILED to build ${dir} (see cargo output above); keeping the committed ${artifact}" >&2
+    return 1
+  fi
   cp "$dir/target/wasm32-wasip2/release/${artifact}" "$dir/${artifact}"
   echo "  -> packs/${dir}/${artifact} ($(wc -c <"$dir/${artifact}") bytes)"
 }
