@@ -28,7 +28,8 @@ pub struct ProbePack {
     imports: Vec<GatedImport>,
     linker: Linker<HostState>,
     pre: Option<InstancePre<HostState>>,
-    env_memory_min: Option<u64>,
+    /// Declared (minimum, maximum) pages of an `env.memory` import.
+    env_memory: Option<(u64, Option<u64>)>,
     exports: Vec<(String, ModuleExport, bool)>,
 }
 
@@ -38,8 +39,8 @@ pub(crate) fn load(engine: &SandboxEngine, ll: &LoadLimits, bytes: &[u8], opts: 
     let imports = gate_imports(&module, PackFormat::Probe, None)?;
     let mut linker = Linker::new(engine.engine());
     let env_memory = define_imports(&mut linker, &imports)?;
-    let env_memory_min = imports.iter().find_map(|i| match (&i.use_, &i.ty) {
-        (ImportUse::EnvMemory, wasmtime::ExternType::Memory(m)) => Some(m.minimum()),
+    let env_memory_ty = imports.iter().find_map(|i| match (&i.use_, &i.ty) {
+        (ImportUse::EnvMemory, wasmtime::ExternType::Memory(m)) => Some((m.minimum(), m.maximum())),
         _ => None,
     });
     let pre = if env_memory {
@@ -75,7 +76,7 @@ pub(crate) fn load(engine: &SandboxEngine, ll: &LoadLimits, bytes: &[u8], opts: 
         nodes,
         abi_version: None,
         cache,
-        kind: PackKind::Probe(ProbePack { module, imports, linker, pre, env_memory_min, exports }),
+        kind: PackKind::Probe(ProbePack { module, imports, linker, pre, env_memory: env_memory_ty, exports }),
     })
 }
 
@@ -102,8 +103,12 @@ pub(crate) fn invoke(
     let instance = match &p.pre {
         Some(pre) => pre.instantiate(&mut store),
         None => (|| {
-            let min = p.env_memory_min.unwrap_or(1).max(1);
-            let max = limits.memory_pages().max(min);
+            // initial = the declared minimum; maximum = the cap in pages, or
+            // the declared maximum if that is lower (else the import would
+            // not type-check). A minimum over the cap fails in the limiter.
+            let (min, declared_max) = p.env_memory.unwrap_or((1, None));
+            let min = min.max(1);
+            let max = declared_max.map_or(limits.memory_pages(), |d| d.min(limits.memory_pages())).max(min);
             let mem = Memory::new(&mut store, MemoryType::new(min as u32, Some(max as u32)))?;
             let mut linker = p.linker.clone();
             linker.define(&store, "env", "memory", mem)?;

@@ -95,6 +95,19 @@ async fn grow_bomb_sees_minus_one_then_trap_is_memory_exceeded() {
 }
 
 #[tokio::test]
+async fn env_memory_respects_declared_maximum_and_cap() {
+    // Declared max 4 pages, cap 2 MiB (32 pages): the guest can reach 4.
+    let src = r#"(module (import "env" "memory" (memory 1 4))
+      (func (export "invoke") (param i32) (result i32)
+        (loop $l (br_if $l (i32.ne (memory.grow (i32.const 1)) (i32.const -1))))
+        (memory.size)))"#;
+    assert_eq!(probe_call(src, base_limits()).await.unwrap(), 4);
+    // No declared max: the cap (2 MiB = 32 pages) stops it.
+    let src = src.replace("(memory 1 4)", "(memory 1)");
+    assert_eq!(probe_call(&src, base_limits()).await.unwrap(), 32);
+}
+
+#[tokio::test]
 async fn one_huge_grow_is_refused() {
     let src = r#"(module (memory 1)
       (func (export "invoke") (param i32) (result i32) (memory.grow (i32.const 65000))))"#;
