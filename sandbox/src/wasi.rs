@@ -328,6 +328,10 @@ pub fn component_requirements(
 ///   matches any subdomain (not the apex); IP literals match only literally
 ///   (no DNS-based matching, so `localhost` ≠ `127.0.0.1`);
 /// * no port means the scheme's default (443 / 80); `:*` means any port.
+///
+/// Limitation: matching is by the name in the request; the addresses a name
+/// resolves to are not checked (no private-address or DNS-rebinding filter
+/// yet), so allowlist only names whose DNS you trust.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllowedHost {
     /// `https` or `http`.
