@@ -37,6 +37,12 @@ pub struct ServeArgs {
     /// Interval between SSE keep-alive comments, in milliseconds.
     #[arg(long, default_value_t = 15_000, hide = true)]
     pub sse_keepalive_ms: u64,
+    /// Webhook delivery: loopback opt-in, timeouts, retries.
+    #[command(flatten)]
+    pub webhooks: crate::webhooks::config::WebhookArgs,
+    /// Audit checkpoint cadence.
+    #[command(flatten)]
+    pub audit: crate::audit::config::AuditArgs,
 }
 
 #[derive(Debug, Clone)]
@@ -48,6 +54,8 @@ pub struct Config {
     pub fixtures_dir: Option<PathBuf>,
     pub max_body_bytes: usize,
     pub sse_keepalive_ms: u64,
+    pub webhooks: crate::webhooks::config::WebhookArgs,
+    pub audit: crate::audit::config::AuditArgs,
 }
 
 pub const KEY_FILE: &str = "api-key";
@@ -74,6 +82,8 @@ impl Config {
             fixtures_dir: args.fixtures,
             max_body_bytes: args.max_body_bytes.max(1024),
             sse_keepalive_ms: args.sse_keepalive_ms.clamp(50, 60_000),
+            webhooks: args.webhooks,
+            audit: args.audit,
         })
     }
 }

@@ -5,10 +5,12 @@
 //! on [`Host::registry`] and add discovery blocks before [`Host::serve`].
 
 pub mod api;
+pub mod audit;
 pub mod config;
 pub mod engine;
 pub mod events;
 pub mod store;
+pub mod webhooks;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -47,6 +49,9 @@ pub struct Host {
     pub registry: Arc<NodeRegistry>,
     pub engine: Arc<Engine>,
     pub discovery: Arc<Discovery>,
+    /// Tamper-evident audit log (record security-relevant actions with `audit.record`).
+    pub audit: Arc<audit::AuditLog>,
+    pub webhooks: Arc<webhooks::WebhookService>,
     /// Extra resource routers merged into the API.
     pub routers: Vec<Router<AppState>>,
     /// Fixture ids whose semantics are implemented (see [`CORE_FIXTURES`]).
@@ -63,6 +68,16 @@ impl Host {
         engine::nodes::register_core(&registry);
         let engine = Engine::new(store.clone(), events.clone(), registry.clone());
         let discovery = Arc::new(Discovery::new(config.max_body_bytes));
+        let audit = audit::AuditLog::new(store.clone(), &config.data_dir, config.audit.clone())?;
+        let webhooks =
+            webhooks::WebhookService::new(store.clone(), config.webhooks.clone(), Some(audit.clone()))?;
+        events.add_sink(webhooks.clone());
+        discovery.set_block("webhooks", webhooks.discovery_block(), false);
+        discovery.set_block("auth", audit.discovery_block(), false);
+        let routers = vec![
+            api::webhooks::router(webhooks.clone()),
+            api::audit::router(audit.clone()),
+        ];
         Ok(Host {
             config,
             store,
@@ -70,7 +85,9 @@ impl Host {
             registry,
             engine,
             discovery,
-            routers: Vec::new(),
+            audit,
+            webhooks,
+            routers,
             supported_fixtures: CORE_FIXTURES.iter().map(|s| s.to_string()).collect(),
         })
     }
@@ -129,15 +146,18 @@ impl Host {
         if resumed > 0 {
             tracing::info!(resumed, "resumed unfinished runs");
         }
+        self.webhooks.start().await?;
+        self.audit.spawn_checkpointer();
+        let keys = Arc::new(api::auth::KeyRing::new(&self.config.api_keys));
         let state = AppState {
             engine: self.engine.clone(),
             events: self.events.clone(),
-            keys: Arc::new(api::auth::KeyRing::new(&self.config.api_keys)),
+            keys: keys.clone(),
             discovery: self.discovery.clone(),
             max_body_bytes: self.config.max_body_bytes,
             sse_keepalive: std::time::Duration::from_millis(self.config.sse_keepalive_ms),
         };
-        let app = api::router(state, self.routers);
+        let app = audit::http::layer(api::router(state, self.routers), self.audit.clone(), keys);
         let listener = tokio::net::TcpListener::bind(self.config.listen).await?;
         {
             use std::io::Write;

@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod audit;
 mod auth;
 mod discovery;
 mod durability;
@@ -9,5 +10,7 @@ mod engine;
 mod errors;
 mod events;
 mod idempotency;
+mod interop;
 mod runs;
+mod webhooks;
 mod workflows;

@@ -102,6 +102,15 @@ async fn delay_run_is_visibly_running_then_completes() {
     let snap = h
         .wait_status(&run_id, &["running"], Duration::from_secs(2))
         .await;
+    // run.started and node.started are separate commits: wait for the node to become current.
+    let mut snap = snap;
+    for _ in 0..100 {
+        if snap["currentNodeId"] == "wait" || snap["status"] != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        snap = h.snapshot(&run_id).await;
+    }
     assert_eq!(snap["currentNodeId"], "wait");
     let snap = h.wait_terminal(&run_id, Duration::from_secs(5)).await;
     assert_eq!(snap["status"], "completed");

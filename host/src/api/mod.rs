@@ -1,12 +1,14 @@
 //! HTTP surface (axum). One file per resource; `error.rs` is the envelope, `auth.rs` the bearer
 //! middleware/extractor, `body.rs` the JSON body extractor.
 
+pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod discovery;
 pub mod error;
 pub mod events;
 pub mod runs;
+pub mod webhooks;
 pub mod workflows;
 
 use std::sync::Arc;

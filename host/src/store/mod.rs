@@ -2,7 +2,9 @@
 //! trait; `sqlite.rs` is the only SQL in the crate today and a Postgres backend can implement the
 //! same trait without the engine or the API noticing.
 
+pub mod audit;
 pub mod sqlite;
+pub mod webhooks;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -237,7 +239,7 @@ pub enum CreateRunOutcome {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: webhooks::WebhookStore + audit::AuditStore + Send + Sync + 'static {
     async fn put_workflow(&self, wf: &StoredWorkflow) -> StoreResult<()>;
     async fn get_workflow(&self, id: &str) -> StoreResult<Option<StoredWorkflow>>;
     async fn list_workflows(&self) -> StoreResult<Vec<StoredWorkflow>>;

@@ -25,6 +25,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::*;
 
+mod audit;
+mod webhooks;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations");
 
 pub struct SqliteStore {

@@ -1,0 +1,176 @@
+//! Records the security-relevant calls visible at the HTTP edge: "who called what, when".
+//!
+//! Wraps the whole router (outside authentication) so rejected credentials are recorded too.
+//! The entry is written after the handler ran and before the response leaves, so a client never
+//! sees the outcome of an audited action that the log does not hold.
+
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::Router;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::AuditLog;
+use crate::api::auth::KeyRing;
+
+#[derive(Clone)]
+struct Ctx {
+    audit: Arc<AuditLog>,
+    keys: Arc<KeyRing>,
+}
+
+pub fn layer(router: Router, audit: Arc<AuditLog>, keys: Arc<KeyRing>) -> Router {
+    router.layer(middleware::from_fn_with_state(Ctx { audit, keys }, record))
+}
+
+/// What a request means for the audit log, decided from method + path before it runs.
+enum Kind {
+    RunCreate,
+    RunCancel { run_id: String },
+    InterruptResolve { run_id: String, node_id: String },
+    TokenResolve { token_fingerprint: String },
+    Other,
+}
+
+fn classify(method: &Method, path: &str) -> Kind {
+    if method != Method::POST {
+        return Kind::Other;
+    }
+    let segs: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    match segs.as_slice() {
+        ["", "v1", "runs"] => Kind::RunCreate,
+        ["", "v1", "runs", id, "cancel"] => Kind::RunCancel {
+            run_id: (*id).to_string(),
+        },
+        ["", "v1", "runs", id, "interrupts", node] => Kind::InterruptResolve {
+            run_id: (*id).to_string(),
+            node_id: (*node).to_string(),
+        },
+        // The token is a credential: only its fingerprint goes into the log.
+        ["", "v1", "interrupts", token] => Kind::TokenResolve {
+            token_fingerprint: hex::encode(&Sha256::digest(token.as_bytes())[..8]),
+        },
+        _ => Kind::Other,
+    }
+}
+
+async fn record(
+    axum::extract::State(ctx): axum::extract::State<Ctx>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let kind = classify(&method, &path);
+    let actor = ctx
+        .keys
+        .authenticate(req.headers())
+        .map(|p| p.id)
+        .unwrap_or_else(|| "anonymous".to_string());
+    let resp = next.run(req).await;
+    let status = resp.status();
+
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        let action = if status == StatusCode::UNAUTHORIZED {
+            "auth.failure"
+        } else {
+            "auth.forbidden"
+        };
+        ctx.audit
+            .record_or_log(
+                &actor,
+                action,
+                &path,
+                json!({"method": method.as_str(), "status": status.as_u16()}),
+            )
+            .await;
+        return resp;
+    }
+    if !status.is_success() {
+        return resp;
+    }
+    let replay = resp.headers().contains_key("openwop-idempotent-replay");
+    match kind {
+        Kind::RunCreate if !replay => {
+            let run_id = resp
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| l.rsplit('/').next())
+                .unwrap_or("")
+                .to_string();
+            ctx.audit
+                .record_or_log(
+                    &actor,
+                    "run.create",
+                    &run_id,
+                    json!({"status": status.as_u16()}),
+                )
+                .await;
+        }
+        Kind::RunCancel { run_id } if !replay => {
+            ctx.audit
+                .record_or_log(
+                    &actor,
+                    "run.cancel",
+                    &run_id,
+                    json!({"status": status.as_u16()}),
+                )
+                .await;
+        }
+        Kind::InterruptResolve { run_id, node_id } if !replay => {
+            ctx.audit
+                .record_or_log(
+                    &actor,
+                    "interrupt.resolve",
+                    &run_id,
+                    json!({"nodeId": node_id, "status": status.as_u16()}),
+                )
+                .await;
+        }
+        Kind::TokenResolve { token_fingerprint } if !replay => {
+            ctx.audit
+                .record_or_log(
+                    "interrupt-token",
+                    "interrupt.resolve",
+                    &format!("token:{token_fingerprint}"),
+                    json!({"status": status.as_u16()}),
+                )
+                .await;
+        }
+        _ => {}
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_audited_routes() {
+        assert!(matches!(
+            classify(&Method::POST, "/v1/runs"),
+            Kind::RunCreate
+        ));
+        assert!(matches!(classify(&Method::GET, "/v1/runs"), Kind::Other));
+        assert!(
+            matches!(classify(&Method::POST, "/v1/runs/r1/cancel"), Kind::RunCancel { run_id } if run_id == "r1")
+        );
+        assert!(
+            matches!(classify(&Method::POST, "/v1/runs/r1/interrupts/gate"),
+            Kind::InterruptResolve { run_id, node_id } if run_id == "r1" && node_id == "gate")
+        );
+        match classify(&Method::POST, "/v1/interrupts/secret-token") {
+            Kind::TokenResolve { token_fingerprint } => {
+                assert_eq!(token_fingerprint.len(), 16);
+                assert!(!token_fingerprint.contains("secret"));
+            }
+            _ => panic!("token route not classified"),
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! SQLite implementation of [`AuditStore`]. Appends go through the single writer connection
+//! inside one transaction, so the chain can never fork.
+
+use async_trait::async_trait;
+use sqlx::Row;
+
+use super::SqliteStore;
+use crate::store::audit::{AuditEntry, AuditStore, Checkpoint, NewAuditEntry};
+use crate::store::StoreResult;
+
+fn row_to_entry(r: &sqlx::sqlite::SqliteRow) -> StoreResult<AuditEntry> {
+    Ok(AuditEntry {
+        seq: r.try_get("seq")?,
+        occurred_at: r.try_get("occurred_at")?,
+        actor: r.try_get("actor")?,
+        action: r.try_get("action")?,
+        target: r.try_get("target")?,
+        details: serde_json::from_str(r.try_get::<&str, _>("details")?)?,
+        prev_hash: r.try_get("prev_hash")?,
+        entry_hash: r.try_get("entry_hash")?,
+    })
+}
+
+fn row_to_checkpoint(r: &sqlx::sqlite::SqliteRow) -> StoreResult<Checkpoint> {
+    Ok(Checkpoint {
+        checkpoint_id: r.try_get("checkpoint_id")?,
+        at_sequence: r.try_get("at_sequence")?,
+        merkle_root: r.try_get("merkle_root")?,
+        signature: r.try_get("signature")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+#[async_trait]
+impl AuditStore for SqliteStore {
+    async fn audit_append(
+        &self,
+        e: NewAuditEntry,
+        hash: for<'h> fn(&'h AuditEntry) -> String,
+    ) -> StoreResult<AuditEntry> {
+        let mut tx = self.writer.begin().await?;
+        let head: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, entry_hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await?;
+        let (seq, prev_hash) = match head {
+            Some((s, h)) => (s + 1, Some(h)),
+            None => (1, None),
+        };
+        let mut entry = AuditEntry {
+            seq,
+            occurred_at: e.occurred_at,
+            actor: e.actor,
+            action: e.action,
+            target: e.target,
+            details: e.details,
+            prev_hash,
+            entry_hash: String::new(),
+        };
+        entry.entry_hash = hash(&entry);
+        sqlx::query(
+            "INSERT INTO audit_log (seq, occurred_at, actor, action, target, details, prev_hash, entry_hash)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(entry.seq)
+        .bind(&entry.occurred_at)
+        .bind(&entry.actor)
+        .bind(&entry.action)
+        .bind(&entry.target)
+        .bind(entry.details.to_string())
+        .bind(&entry.prev_hash)
+        .bind(&entry.entry_hash)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(entry)
+    }
+
+    async fn audit_head(&self) -> StoreResult<i64> {
+        let row: (Option<i64>,) = sqlx::query_as("SELECT MAX(seq) FROM audit_log")
+            .fetch_one(&self.writer)
+            .await?;
+        Ok(row.0.unwrap_or(0))
+    }
+
+    async fn audit_entries(&self, from: i64, to: i64) -> StoreResult<Vec<AuditEntry>> {
+        let rows = sqlx::query("SELECT * FROM audit_log WHERE seq >= ? AND seq <= ? ORDER BY seq")
+            .bind(from)
+            .bind(to)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(row_to_entry).collect()
+    }
+
+    async fn audit_checkpoints(&self, from: i64, to: i64) -> StoreResult<Vec<Checkpoint>> {
+        let rows = sqlx::query(
+            "SELECT * FROM audit_checkpoints WHERE at_sequence >= ? AND at_sequence <= ? ORDER BY at_sequence",
+        )
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(row_to_checkpoint).collect()
+    }
+
+    async fn audit_last_checkpoint(&self) -> StoreResult<Option<Checkpoint>> {
+        let row = sqlx::query("SELECT * FROM audit_checkpoints ORDER BY at_sequence DESC LIMIT 1")
+            .fetch_optional(&self.writer)
+            .await?;
+        row.as_ref().map(row_to_checkpoint).transpose()
+    }
+
+    async fn audit_put_checkpoint(&self, cp: &Checkpoint) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (checkpoint_id, at_sequence, merkle_root, signature, created_at)
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&cp.checkpoint_id)
+        .bind(cp.at_sequence)
+        .bind(&cp.merkle_root)
+        .bind(&cp.signature)
+        .bind(&cp.created_at)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+}
