@@ -302,8 +302,10 @@ pub struct InvokeRequest {
     pub context: NodeContext,
     /// Limits for this call (else the pack's, else the sandbox's).
     pub limits: Option<Limits>,
-    /// Grants for this call (probe ABI: RFC 0035 `allowedHostCalls` for
-    /// this invocation; they override the load-time grants).
+    /// Grants for this call. Probe ABI: RFC 0035 `allowedHostCalls` for
+    /// this invocation, overriding the load-time grants. RFC 0008: checked
+    /// against the pack's capability imports before instantiation, so they
+    /// can narrow (never widen) what was granted at load.
     pub grants: Option<Grants>,
 }
 

@@ -25,7 +25,7 @@ use crate::engine::SandboxEngine;
 use crate::error::SandboxError;
 use crate::grants::Grants;
 use crate::limits::{classify, prepare_store, Budget, LoadLimits, Limits};
-use crate::load::{check_declared, gate_imports, pair_encoding, PairEncoding};
+use crate::load::{check_capabilities, check_declared, gate_imports, pair_encoding, GatedImport, ImportUse, PairEncoding};
 use crate::{GuestResult, InvokeOutcome, InvokeRequest, LoadOptions, LoadedPack, Metrics, NodeContext, PackFormat, SUPPORTED_ABI_VERSIONS};
 
 /// Longest pack name / typeId accepted.
@@ -34,6 +34,8 @@ const MAX_ID_BYTES: u32 = 1024;
 /// A compiled RFC 0008 module.
 pub struct CorePack {
     pre: InstancePre<HostState>,
+    /// Capability imports (already granted at load).
+    capabilities: Vec<GatedImport>,
     needs_io: bool,
     memory: ModuleExport,
     alloc: ModuleExport,
@@ -194,12 +196,13 @@ pub(crate) fn load(engine: &SandboxEngine, ll: &LoadLimits, bytes: &[u8], opts: 
         nodes.push(id);
     }
     let invoke_enc = enc_of(&module, "openwop_node_invoke");
+    let capabilities = imports.iter().filter(|i| matches!(i.use_, ImportUse::Capability(_))).cloned().collect();
     Ok(Loaded {
         name,
         nodes,
         abi_version: Some(version as u32),
         cache,
-        kind: PackKind::Core(CorePack { pre, needs_io: needs_io(&imports), memory, alloc, free, node_invoke, invoke_enc }),
+        kind: PackKind::Core(CorePack { pre, capabilities, needs_io: needs_io(&imports), memory, alloc, free, node_invoke, invoke_enc }),
     })
 }
 
@@ -217,10 +220,14 @@ pub(crate) fn invoke(
     c: &CorePack,
     req: &InvokeRequest,
     limits: &Limits,
-    _grants: &Grants,
+    grants: &Grants,
 ) -> Result<InvokeOutcome, SandboxError> {
-    // Capabilities were gated against the load grants; the InstancePre
-    // only links what passed. (Per-invocation grants cannot widen that.)
+    // Capabilities were gated against the load grants and the InstancePre
+    // links only what passed; an invocation's own grants can narrow that
+    // (never widen it), checked here before instantiation.
+    if req.grants.is_some() {
+        check_capabilities(&c.capabilities, grants)?;
+    }
     let Some(index) = pack.nodes.iter().position(|n| *n == req.type_id) else {
         return Err(SandboxError::UnknownNode { pack: pack.name.clone(), type_id: req.type_id.clone() });
     };

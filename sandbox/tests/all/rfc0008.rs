@@ -320,10 +320,14 @@ async fn capability_imports_are_gated_at_load() {
     let e = load(bytes.clone(), PackFormat::CoreModule).await.unwrap_err();
     assert_eq!(e.code(), "sandbox_capability_denied");
     assert_eq!(e.details()["requestedCapability"], "fetch");
-    sandbox()
+    let p = sandbox()
         .load(bytes, LoadOptions::new(PackFormat::CoreModule).grants(Grants::host_calls(["host.fetch"])))
         .await
         .unwrap();
+    sandbox().invoke(&p, InvokeRequest::new("test.node", json!({}))).await.unwrap();
+    // An invocation's own grants can narrow the load grants.
+    let e = sandbox().invoke(&p, InvokeRequest::new("test.node", json!({})).grants(Grants::none())).await.unwrap_err();
+    assert_eq!(e.details()["requestedCapability"], "fetch");
 }
 
 #[tokio::test]
