@@ -347,3 +347,20 @@ fn invoke_blocking_works_without_a_runtime() {
     assert_eq!(out.result, GuestResult::Completed(json!(9)));
     let _: Arc<LoadedPack> = p;
 }
+
+#[tokio::test]
+async fn time_spent_in_host_calls_counts_toward_the_wall_clock() {
+    // Spins calling openwop_random for 1 MiB at a time (host-side work).
+    let body = r#"(func $invoke (param i32 i32 i32) (result i64)
+        (drop (memory.grow (i32.const 16)))
+        (loop $l (call $random (i32.const 65536) (i32.const 1048576)) (br $l))
+        (i64.const 0))"#;
+    let p = load_core(core_module(r#"(import "openwop" "openwop_random" (func $random (param i32 i32)))"#, body)).await;
+    let t = Instant::now();
+    let e = sandbox()
+        .invoke(&p, InvokeRequest::new("test.node", json!({})).limits(Limits::default().with_wall_clock(Duration::from_millis(200))))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "sandbox_timeout", "{e}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+}
