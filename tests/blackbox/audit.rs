@@ -239,6 +239,27 @@ async fn security_actions_are_chained_and_checkpoints_are_signed() {
 }
 
 #[tokio::test]
+async fn checkpoints_are_also_minted_on_a_timer() {
+    let h = Host::start_with(Options {
+        extra_args: vec!["--audit-checkpoint-seconds".into(), "1".into()],
+        ..Options::default()
+    })
+    .await;
+    auth_failures(&h, 2).await;
+    let mut body = verify(&h, "").await;
+    for _ in 0..80 {
+        if !body["checkpoints"].as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        body = verify(&h, "").await;
+    }
+    // Far fewer than the 1000-entry threshold, yet covered within a few seconds.
+    assert_eq!(body["checkpoints"][0]["atSequence"], 2, "{body}");
+    assert_eq!(body["checkpointsValid"], true);
+}
+
+#[tokio::test]
 async fn verify_rejects_bad_parameters_and_requires_auth() {
     let h = Host::start().await;
     for q in [

@@ -517,6 +517,44 @@ async fn delivers_signed_events_per_spec() {
 }
 
 #[tokio::test]
+async fn tag_filter_selects_runs_by_their_tags() {
+    let h = Host::start_with(loopback_host(&[])).await;
+    let rx = Receiver::start(&[], 200, Duration::ZERO).await;
+    let (status, sub) = h
+        .post(
+            "/v1/webhooks",
+            json!({"url": rx.url(), "events": ["run.completed"], "tags": ["prod"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{sub}");
+    assert_eq!(sub["tags"], json!(["prod"]));
+    let (_, untagged) = h
+        .post(
+            "/v1/runs",
+            json!({"workflowId": "conformance-noop", "tags": ["dev"]}),
+        )
+        .await;
+    let (_, tagged) = h
+        .post(
+            "/v1/runs",
+            json!({"workflowId": "conformance-noop", "tags": ["dev", "prod"]}),
+        )
+        .await;
+    for r in [&untagged, &tagged] {
+        h.wait_terminal(r["runId"].as_str().unwrap(), Duration::from_secs(5))
+            .await;
+    }
+    rx.wait_for("the tagged run's delivery", Duration::from_secs(10), |h| {
+        !h.is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let hits = rx.hits();
+    assert_eq!(hits.len(), 1, "only the run tagged 'prod' is delivered");
+    assert_eq!(hits[0].json()["runId"], tagged["runId"]);
+}
+
+#[tokio::test]
 async fn failed_deliveries_are_retried_with_the_same_body() {
     let h = Host::start_with(loopback_host(&[
         "--webhook-retry-base-ms",

@@ -115,6 +115,9 @@ pub trait WebhookStore: Send + Sync {
         now: &str,
     ) -> StoreResult<()>;
     async fn get_delivery(&self, delivery_id: &str) -> StoreResult<Option<Delivery>>;
+    /// Drop finished rows: delivered/cancelled ones finished before `settled_before`, dead
+    /// letters finished before `dead_before`. Returns how many rows went.
+    async fn purge_deliveries(&self, settled_before: &str, dead_before: &str) -> StoreResult<u64>;
     /// Dead letters of a subscription, newest first; `before` is an exclusive
     /// (finished_at, delivery_id) cursor.
     async fn dead_letters(

@@ -32,6 +32,9 @@ use ssrf::EgressPolicy;
 
 /// Events read per fan-out step.
 const FANOUT_PAGE: i64 = 500;
+/// How often settled outbox rows are purged, and how long delivered rows are kept.
+const PURGE_EVERY: Duration = Duration::from_secs(600);
+const KEEP_SETTLED: chrono::Duration = chrono::Duration::days(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
@@ -318,7 +321,12 @@ impl WebhookService {
     // ── dispatch ────────────────────────────────────────────────────────────────────────
 
     async fn dispatch_loop(self: Arc<Self>) {
+        let mut last_purge: Option<std::time::Instant> = None;
         loop {
+            if last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
+                last_purge = Some(std::time::Instant::now());
+                self.purge().await;
+            }
             let spawned = match self.dispatch_due().await {
                 Ok(n) => n,
                 Err(e) => {
@@ -339,6 +347,24 @@ impl WebhookService {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(wait.max(5))) => {}
             }
+        }
+    }
+
+    /// Keep the outbox bounded: delivered/cancelled rows go after a day, dead letters after
+    /// their advertised retention.
+    async fn purge(&self) {
+        let now = Utc::now();
+        match self
+            .store
+            .purge_deliveries(
+                &ts(now - KEEP_SETTLED),
+                &ts(now - self.dead_letter_retention()),
+            )
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "purged settled webhook deliveries"),
+            Err(e) => tracing::warn!(error = %e, "webhook outbox purge failed"),
         }
     }
 
