@@ -43,6 +43,9 @@ pub struct ServeArgs {
     /// Audit checkpoint cadence.
     #[command(flatten)]
     pub audit: crate::audit::config::AuditArgs,
+    /// Packs, grants policy and sandbox limits.
+    #[command(flatten)]
+    pub packs: crate::packs::PackArgs,
 }
 
 #[derive(Debug, Clone)]
@@ -56,6 +59,7 @@ pub struct Config {
     pub sse_keepalive_ms: u64,
     pub webhooks: crate::webhooks::config::WebhookArgs,
     pub audit: crate::audit::config::AuditArgs,
+    pub packs: crate::packs::PackArgs,
 }
 
 pub const KEY_FILE: &str = "api-key";
@@ -84,6 +88,7 @@ impl Config {
             sse_keepalive_ms: args.sse_keepalive_ms.clamp(50, 60_000),
             webhooks: args.webhooks,
             audit: args.audit,
+            packs: args.packs,
         })
     }
 }

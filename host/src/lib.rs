@@ -6,9 +6,11 @@
 
 pub mod api;
 pub mod audit;
+pub mod client;
 pub mod config;
 pub mod engine;
 pub mod events;
+pub mod packs;
 pub mod store;
 pub mod webhooks;
 
@@ -69,8 +71,11 @@ impl Host {
         let engine = Engine::new(store.clone(), events.clone(), registry.clone());
         let discovery = Arc::new(Discovery::new(config.max_body_bytes));
         let audit = audit::AuditLog::new(store.clone(), &config.data_dir, config.audit.clone())?;
-        let webhooks =
-            webhooks::WebhookService::new(store.clone(), config.webhooks.clone(), Some(audit.clone()))?;
+        let webhooks = webhooks::WebhookService::new(
+            store.clone(),
+            config.webhooks.clone(),
+            Some(audit.clone()),
+        )?;
         events.add_sink(webhooks.clone());
         discovery.set_block("webhooks", webhooks.discovery_block(), false);
         discovery.set_block("auth", audit.discovery_block(), false);

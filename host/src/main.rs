@@ -1,5 +1,9 @@
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
 
+use clap::{Args, Parser, Subcommand};
+
+use wopbox::client::Client;
 use wopbox::config::{Config, ServeArgs};
 
 #[derive(Parser)]
@@ -17,10 +21,65 @@ struct Cli {
 enum Command {
     /// Run the HTTP host.
     Serve(ServeArgs),
+    /// Work with node packs on a running wopbox.
+    #[command(subcommand)]
+    Pack(PackCommand),
+    /// Work with workflow definitions on a running wopbox.
+    #[command(subcommand)]
+    Workflow(WorkflowCommand),
+}
+
+/// Where a client subcommand sends its requests.
+#[derive(Args, Debug)]
+struct Remote {
+    /// Base URL of the wopbox server.
+    #[arg(long, env = "WOPBOX_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Bearer API key.
+    #[arg(long = "api-key", env = "WOPBOX_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum PackCommand {
+    /// Build a tarball from DIR (its pack.json and runtime.entry) and publish it.
+    Push {
+        dir: PathBuf,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
+enum WorkflowCommand {
+    /// Register the workflow definition in FILE (JSON).
+    Put {
+        file: PathBuf,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// Prints a client call's result; the server's error envelope becomes a
+/// message on stderr and a non-zero exit.
+fn report(result: Result<serde_json::Value, wopbox::client::ClientError>) -> ExitCode {
+    match result {
+        Ok(v) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -32,7 +91,21 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = Config::from_args(args)?;
-            wopbox::Host::build(config).await?.serve().await
+            let pack_args = config.packs.clone();
+            let mut host = wopbox::Host::build(config).await?;
+            wopbox::packs::attach(&mut host, &pack_args).await?;
+            host.serve().await?;
+            Ok(ExitCode::SUCCESS)
         }
+        Command::Pack(PackCommand::Push { dir, remote }) => Ok(report(
+            Client::new(&remote.url, remote.api_key)
+                .push_pack(&dir)
+                .await,
+        )),
+        Command::Workflow(WorkflowCommand::Put { file, remote }) => Ok(report(
+            Client::new(&remote.url, remote.api_key)
+                .put_workflow(&file)
+                .await,
+        )),
     }
 }

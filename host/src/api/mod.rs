@@ -7,7 +7,9 @@ pub mod body;
 pub mod discovery;
 pub mod error;
 pub mod events;
+pub mod packs;
 pub mod runs;
+pub mod seams;
 pub mod webhooks;
 pub mod workflows;
 

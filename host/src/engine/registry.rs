@@ -17,6 +17,8 @@ pub struct NodeContext {
     pub tenant_id: String,
     /// 1-based attempt number (retries and post-restart re-dispatch increment it).
     pub attempt: u32,
+    /// The run's variables (definition defaults overlaid by the request's inputs).
+    pub variables: Value,
 }
 
 /// One node invocation.

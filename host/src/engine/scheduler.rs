@@ -659,6 +659,7 @@ async fn run_node(
                             node_id: node.id.clone(),
                             tenant_id: ctx.run.tenant_id.clone(),
                             attempt,
+                            variables: ctx.run.variables.clone(),
                         },
                     };
                     let fut = exec.execute(inv);

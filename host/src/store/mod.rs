@@ -3,6 +3,7 @@
 //! same trait without the engine or the API noticing.
 
 pub mod audit;
+pub mod packs;
 pub mod sqlite;
 pub mod webhooks;
 
@@ -239,7 +240,9 @@ pub enum CreateRunOutcome {
 }
 
 #[async_trait]
-pub trait Store: webhooks::WebhookStore + audit::AuditStore + Send + Sync + 'static {
+pub trait Store:
+    webhooks::WebhookStore + audit::AuditStore + packs::PackStore + Send + Sync + 'static
+{
     async fn put_workflow(&self, wf: &StoredWorkflow) -> StoreResult<()>;
     async fn get_workflow(&self, id: &str) -> StoreResult<Option<StoredWorkflow>>;
     async fn list_workflows(&self) -> StoreResult<Vec<StoredWorkflow>>;

@@ -25,6 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::*;
 
+mod packs;
+
 mod audit;
 mod webhooks;
 
