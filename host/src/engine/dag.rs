@@ -403,17 +403,14 @@ fn check_condition(v: &mut V, cond: &Value, path: &str) {
         return;
     }
     if ty == "expression" {
-        match v.string(obj, "expression", path, true) {
-            Some(s) => {
-                if let Err(e) = expr::check(s) {
-                    v.err(
-                        format!("{path}/expression"),
-                        "invalid_expression",
-                        format!("invalid expression: {e}"),
-                    );
-                }
+        if let Some(s) = v.string(obj, "expression", path, true) {
+            if let Err(e) = expr::check(s) {
+                v.err(
+                    format!("{path}/expression"),
+                    "invalid_expression",
+                    format!("invalid expression: {e}"),
+                );
             }
-            None => {}
         }
     } else {
         v.string(obj, "left", path, true);
@@ -587,19 +584,16 @@ pub fn build(def: &Value, registry: &NodeRegistry) -> Result<Graph, Vec<Problem>
         let nid = v.string(o, "id", &p, true);
         let type_id = v.string(o, "typeId", &p, true);
         v.string(o, "name", &p, true);
-        match v.object(o, "position", &p, true) {
-            Some(pos) => {
-                for k in ["x", "y"] {
-                    if !pos.get(k).map(Value::is_number).unwrap_or(false) {
-                        v.err(
-                            format!("{p}/position/{k}"),
-                            "invalid_type",
-                            format!("position.{k} must be a number"),
-                        );
-                    }
+        if let Some(pos) = v.object(o, "position", &p, true) {
+            for k in ["x", "y"] {
+                if !pos.get(k).map(Value::is_number).unwrap_or(false) {
+                    v.err(
+                        format!("{p}/position/{k}"),
+                        "invalid_type",
+                        format!("position.{k} must be a number"),
+                    );
                 }
             }
-            None => {}
         }
         let config = v.object(o, "config", &p, true).cloned().unwrap_or_default();
         let inputs = v.object(o, "inputs", &p, true).cloned().unwrap_or_default();

@@ -149,11 +149,8 @@ impl Parser {
     }
     fn binary(&mut self, min: u8) -> Result<Expr, String> {
         let mut lhs = self.unary()?;
-        loop {
-            let op = match self.peek() {
-                Some(Tok::Op(o)) => *o,
-                _ => break,
-            };
+        while let Some(Tok::Op(op)) = self.peek() {
+            let op = *op;
             let p = match Self::prec(op) {
                 Some(p) if p > min => p,
                 _ => break,

@@ -483,7 +483,7 @@ fn rule_allows(rule: TriggerRule, edges: &[EdgeState]) -> bool {
     if edges.is_empty() {
         return true;
     }
-    let any = |s: EdgeState| edges.iter().any(|e| *e == s);
+    let any = |s: EdgeState| edges.contains(&s);
     match rule {
         TriggerRule::AllSuccess => edges.iter().all(|e| *e == EdgeState::Success),
         TriggerRule::AnySuccess => any(EdgeState::Success),
