@@ -170,12 +170,39 @@ impl Host {
             writeln!(out, "wopbox listening on http://{}", listener.local_addr()?)?;
             out.flush()?;
         }
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
+        let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
+        // Open SSE streams of running runs would hold a graceful shutdown forever: give
+        // in-flight requests a grace period, then exit. Unfinished runs resume on next start.
+        tokio::select! {
+            r = server => r?,
+            _ = async {
+                shutdown_signal().await;
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            } => tracing::warn!("shutdown grace period over; exiting with requests still open"),
+        }
         Ok(())
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
     }
 }
 

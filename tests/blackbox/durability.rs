@@ -127,3 +127,49 @@ async fn in_flight_runs_resume_after_kill9_and_stay_cancellable() {
         assert_event_log(id, &h.events(id).await);
     }
 }
+
+#[tokio::test]
+async fn sigterm_shuts_down_promptly_even_with_open_streams() {
+    let mut h = Host::start().await;
+    let dir = h.data_dir.clone();
+    let _tmp = h.take_tmp();
+    let run_id = h.create_run("conformance-cancellable", json!({})).await;
+    h.wait_status(&run_id, &["running"], Duration::from_secs(2))
+        .await;
+    // An SSE client stays connected to the running run while the host shuts down.
+    let client = h.client.clone();
+    let url = h.url(&format!("/v1/runs/{run_id}/events"));
+    let key = h.key.clone();
+    let stream = tokio::spawn(async move {
+        let resp = client
+            .get(url)
+            .bearer_auth(key)
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+        let _ = resp.bytes().await;
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let status = h
+        .terminate(Duration::from_secs(10))
+        .expect("wopbox exits after SIGTERM");
+    assert!(status.success(), "clean exit: {status:?}");
+    stream.abort();
+
+    // The unfinished run resumes on the next start.
+    let h = Host::start_with(Options {
+        data_dir: Some(dir),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(h.snapshot(&run_id).await["status"], "running");
+    let (s, _) = h
+        .post(&format!("/v1/runs/{run_id}/cancel"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        h.wait_terminal(&run_id, Duration::from_secs(5)).await["status"],
+        "cancelled"
+    );
+}

@@ -159,6 +159,22 @@ impl Host {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM the process and wait up to `timeout` for it to exit; returns its exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Keep the data dir alive beyond this host (for restarts).
     pub fn take_tmp(&mut self) -> Option<tempfile::TempDir> {
         self._tmp.take()
