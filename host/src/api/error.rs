@@ -43,6 +43,20 @@ impl ApiError {
     pub fn validation(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, "validation_error", message)
     }
+    /// `400 validation_error` listing every problem under `details.errors`; the message names
+    /// the first one.
+    pub fn problems(context: &str, problems: &[crate::engine::dag::Problem]) -> Self {
+        let first = problems
+            .first()
+            .map(|p| format!("{}: {}", p.path, p.message))
+            .unwrap_or_default();
+        let more = match problems.len() {
+            0 | 1 => String::new(),
+            n => format!(" (and {} more)", n - 1),
+        };
+        ApiError::validation(format!("{context}: {first}{more}"))
+            .details(json!({"errors": problems.iter().map(|p| p.to_json()).collect::<Vec<_>>()}))
+    }
     pub fn not_found(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
     }

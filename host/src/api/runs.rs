@@ -15,15 +15,6 @@ use crate::store::{ts, CreateRunOutcome, IdempotencyClaim, RunRecord};
 
 pub const REPLAY_HEADER: &str = "openwop-idempotent-replay";
 
-fn problems_error(message: &str, problems: &[crate::engine::dag::Problem]) -> ApiError {
-    let first = problems
-        .first()
-        .map(|p| p.message.clone())
-        .unwrap_or_default();
-    ApiError::validation(format!("{message}: {first}"))
-        .details(json!({"errors": problems.iter().map(|p| p.to_json()).collect::<Vec<_>>()}))
-}
-
 fn field_error(path: &str, message: &str) -> ApiError {
     ApiError::validation(message.to_string())
         .details(json!({"errors": [{"path": path, "code": "invalid_value", "message": message}]}))
@@ -127,7 +118,7 @@ pub async fn create(
             return Err(ApiError::validation(format!("unknown workflowId '{id}'"))
                 .details(json!({"workflowId": id, "reason": "workflow_not_found"})))
         }
-        Err(EngineError::Invalid(p)) => return Err(problems_error("invalid run inputs", &p)),
+        Err(EngineError::Invalid(p)) => return Err(ApiError::problems("invalid run inputs", &p)),
         Err(EngineError::Store(e)) => return Err(e.into()),
     };
 

@@ -40,21 +40,7 @@ async fn register(st: &AppState, def: Value) -> Result<Response, ApiError> {
             Ok((status, axum::Json(summary(&wf))).into_response())
         }
         Err(EngineError::Invalid(problems)) => {
-            let first = problems
-                .first()
-                .map(|p| format!("{}: {}", p.path, p.message))
-                .unwrap_or_default();
-            let more = if problems.len() > 1 {
-                format!(" (and {} more)", problems.len() - 1)
-            } else {
-                String::new()
-            };
-            Err(
-                ApiError::validation(format!("invalid workflow definition: {first}{more}"))
-                    .details(
-                        json!({"errors": problems.iter().map(|p| p.to_json()).collect::<Vec<_>>()}),
-                    ),
-            )
+            Err(ApiError::problems("invalid workflow definition", &problems))
         }
         Err(EngineError::WorkflowNotFound(id)) => {
             Err(ApiError::not_found(format!("workflow '{id}' not found")))
