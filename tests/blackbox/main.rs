@@ -11,6 +11,8 @@ mod errors;
 mod events;
 mod idempotency;
 mod interop;
+mod packs;
+mod sandbox_seam;
 mod runs;
 mod webhooks;
 mod workflows;
