@@ -25,7 +25,11 @@ fn repo_file(rel: &str) -> Vec<u8> {
 }
 
 fn setup() -> (tokio::runtime::Runtime, Sandbox) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let s = Sandbox::new(SandboxConfig::default()).unwrap();
     (rt, s)
 }
@@ -33,9 +37,17 @@ fn setup() -> (tokio::runtime::Runtime, Sandbox) {
 fn fresh_instance(c: &mut Criterion) {
     let (rt, s) = setup();
     let echo = s
-        .load_blocking(&repo_file("tests/fixtures/rfc0035/well-behaved-echo.wasm"), LoadOptions::new(PackFormat::Probe))
+        .load_blocking(
+            &repo_file("../../shared/probes/rfc0035-sandbox/well-behaved-echo.wasm"),
+            LoadOptions::new(PackFormat::Probe),
+        )
         .unwrap();
-    let greet = s.load_blocking(&repo_file("../packs/greet/greet.wasm"), LoadOptions::new(PackFormat::CoreModule)).unwrap();
+    let greet = s
+        .load_blocking(
+            &repo_file("../packs/greet/greet.wasm"),
+            LoadOptions::new(PackFormat::CoreModule),
+        )
+        .unwrap();
     let echo_req = InvokeRequest::new("invoke", json!(42));
     let greet_req = InvokeRequest::new("vendor.wopbox.greet.hello", json!({"name": "bench"}));
 
@@ -54,13 +66,17 @@ fn fresh_instance(c: &mut Criterion) {
             out
         })
     });
-    g.bench_function("echo_probe_blocking", |b| b.iter(|| s.invoke_blocking(&echo, &echo_req).unwrap()));
+    g.bench_function("echo_probe_blocking", |b| {
+        b.iter(|| s.invoke_blocking(&echo, &echo_req).unwrap())
+    });
     // The thread hop alone (what `invoke` adds to `invoke_blocking`, minus
     // the queue slot and the backstop timer): for reading the numbers above.
     g.bench_function("baseline_spawn_blocking_roundtrip", |b| {
         b.iter(|| rt.block_on(async { tokio::task::spawn_blocking(|| 1u32).await.unwrap() }))
     });
-    g.bench_function("rfc0008_greet_blocking", |b| b.iter(|| s.invoke_blocking(&greet, &greet_req).unwrap()));
+    g.bench_function("rfc0008_greet_blocking", |b| {
+        b.iter(|| s.invoke_blocking(&greet, &greet_req).unwrap())
+    });
     g.finish();
 }
 
@@ -68,14 +84,20 @@ fn fresh_instance(c: &mut Criterion) {
 fn timeout_overshoot() {
     let (rt, s) = setup();
     let spin = s
-        .load_blocking(&repo_file("tests/fixtures/rfc0035/misbehaving-timeout.wasm"), LoadOptions::new(PackFormat::Probe))
+        .load_blocking(
+            &repo_file("../../shared/probes/rfc0035-sandbox/misbehaving-timeout.wasm"),
+            LoadOptions::new(PackFormat::Probe),
+        )
         .unwrap();
     let cap = Duration::from_millis(50);
     let limits = Limits::default().with_wall_clock(cap).with_fuel(None);
     let mut over: Vec<Duration> = Vec::new();
     for _ in 0..20 {
         let t = Instant::now();
-        let r = rt.block_on(s.invoke(&spin, InvokeRequest::new("invoke", json!(0)).limits(limits.clone())));
+        let r = rt.block_on(s.invoke(
+            &spin,
+            InvokeRequest::new("invoke", json!(0)).limits(limits.clone()),
+        ));
         let took = t.elapsed();
         assert!(matches!(r, Err(SandboxError::Timeout { .. })), "{r:?}");
         over.push(took.saturating_sub(cap));
@@ -104,7 +126,11 @@ fn fresh_instance_component(c: &mut Criterion) {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("hello.txt"), "hello from the host\n").unwrap();
     let grants = Grants {
-        preopened_dirs: vec![PreopenDir { host_path: dir.clone(), guest_path: "/data".into(), access: DirAccess::ReadOnly }],
+        preopened_dirs: vec![PreopenDir {
+            host_path: dir.clone(),
+            guest_path: "/data".into(),
+            access: DirAccess::ReadOnly,
+        }],
         env_read: true,
         ..Grants::default()
     };
@@ -123,7 +149,9 @@ fn fresh_instance_component(c: &mut Criterion) {
             out
         })
     });
-    g.bench_function("component_files_blocking", |b| b.iter(|| s.invoke_blocking(&files, &req).unwrap()));
+    g.bench_function("component_files_blocking", |b| {
+        b.iter(|| s.invoke_blocking(&files, &req).unwrap())
+    });
     g.finish();
     let _ = std::fs::remove_dir_all(&dir);
 }

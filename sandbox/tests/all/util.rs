@@ -27,15 +27,41 @@ pub fn test_config() -> SandboxConfig {
 
 /// RFC 0035 §6 BASE limits: 2 MiB, 1000 ms.
 pub fn base_limits() -> Limits {
-    Limits::default().with_memory_bytes(2 << 20).with_wall_clock(Duration::from_millis(1000))
+    Limits::default()
+        .with_memory_bytes(2 << 20)
+        .with_wall_clock(Duration::from_millis(1000))
 }
 
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The protocol's public probe fixtures, which live in `shared/probes/` beside the repository
+/// (they are read in place, never copied into the project).
+pub fn shared_probes() -> PathBuf {
+    repo().join("../shared/probes")
+}
+
+/// `rfc0035/<file>` → `shared/probes/rfc0035-sandbox/<file>`;
+/// `rfc0008/<pack>.wat` → `shared/probes/rfc0008-packs/<pack>/module.wat`.
+pub fn fixture_path(rel: &str) -> PathBuf {
+    if let Some(f) = rel.strip_prefix("rfc0035/") {
+        return shared_probes().join("rfc0035-sandbox").join(f);
+    }
+    if let Some(f) = rel.strip_prefix("rfc0008/") {
+        return shared_probes()
+            .join("rfc0008-packs")
+            .join(f.trim_end_matches(".wat"))
+            .join("module.wat");
+    }
+    panic!("unknown fixture {rel}")
 }
 
 pub fn fixture(rel: &str) -> Vec<u8> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel);
+    let p = fixture_path(rel);
     let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     if rel.ends_with(".wat") {
         wat::parse_bytes(&bytes).expect("wat").into_owned()
