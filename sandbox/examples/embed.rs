@@ -19,27 +19,60 @@ async fn main() -> Result<(), SandboxError> {
     // A well-behaved pack: load (validates, gates imports, runs the ABI
     // handshake), then invoke one node in a fresh instance.
     let greet = sandbox
-        .load(read("greet/greet.wasm"), LoadOptions::new(PackFormat::CoreModule).name("vendor.wopbox.greet"))
+        .load(
+            read("greet/greet.wasm"),
+            LoadOptions::new(PackFormat::CoreModule).name("vendor.wopbox.greet"),
+        )
         .await?;
-    println!("loaded {} with nodes {:?}", greet.name(), greet.node_type_ids());
-    let out = sandbox.invoke(&greet, InvokeRequest::new("vendor.wopbox.greet.hello", json!({ "name": name }))).await?;
+    println!(
+        "loaded {} with nodes {:?}",
+        greet.name(),
+        greet.node_type_ids()
+    );
+    let out = sandbox
+        .invoke(
+            &greet,
+            InvokeRequest::new("vendor.wopbox.greet.hello", json!({ "name": name })),
+        )
+        .await?;
     println!("result: {:?}", out.result);
     println!("logs: {:?}", out.logs);
-    println!("fuel {} · peak memory {} B · {:?}", out.metrics.fuel_consumed, out.metrics.peak_memory_bytes, out.metrics.duration);
+    println!(
+        "fuel {} · peak memory {} B · {:?}",
+        out.metrics.fuel_consumed, out.metrics.peak_memory_bytes, out.metrics.duration
+    );
 
     // A pack answering ABI version 999 never loads.
-    match sandbox.load(read("misbehaving-abi/abi-bomb.wasm"), LoadOptions::new(PackFormat::CoreModule)).await {
+    match sandbox
+        .load(
+            read("misbehaving-abi/abi-bomb.wasm"),
+            LoadOptions::new(PackFormat::CoreModule),
+        )
+        .await
+    {
         Err(e) => println!("abi-bomb refused: {} ({e})", e.code()),
         Ok(_) => unreachable!("ABI 999 must be refused"),
     }
 
     // A memory bomb hits the cap: the host gets a typed error and the
     // RFC 0008 cap.breached data.
-    let bomb = sandbox.load(read("misbehaving-memory/memory-bomb.wasm"), LoadOptions::new(PackFormat::CoreModule)).await?;
+    let bomb = sandbox
+        .load(
+            read("misbehaving-memory/memory-bomb.wasm"),
+            LoadOptions::new(PackFormat::CoreModule),
+        )
+        .await?;
     let err = sandbox
-        .invoke(&bomb, InvokeRequest::new("vendor.openwop.misbehaving.memory-bomb", json!({})))
+        .invoke(
+            &bomb,
+            InvokeRequest::new("vendor.openwop.misbehaving.memory-bomb", json!({})),
+        )
         .await
         .expect_err("the memory bomb must fail");
-    println!("memory-bomb: {} · cap.breached {}", err.to_json(), err.cap_breach().map(|b| b.to_json()).unwrap_or_default());
+    println!(
+        "memory-bomb: {} · cap.breached {}",
+        err.to_json(),
+        err.cap_breach().map(|b| b.to_json()).unwrap_or_default()
+    );
     Ok(())
 }

@@ -140,7 +140,10 @@ pub struct SandboxEngine {
 
 impl std::fmt::Debug for SandboxEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SandboxEngine").field("config", &self.config).field("compat", &self.compat).finish()
+        f.debug_struct("SandboxEngine")
+            .field("config", &self.config)
+            .field("compat", &self.compat)
+            .finish()
     }
 }
 
@@ -192,17 +195,27 @@ pub fn wasmtime_config(cfg: &EngineConfig) -> Config {
 impl SandboxEngine {
     /// Build the engine and start the epoch ticker thread.
     pub fn new(config: EngineConfig) -> Result<Arc<Self>, SandboxError> {
-        let engine = Engine::new(&wasmtime_config(&config)).map_err(|e| SandboxError::internal(format!("engine: {e:#}")))?;
+        let engine = Engine::new(&wasmtime_config(&config))
+            .map_err(|e| SandboxError::internal(format!("engine: {e:#}")))?;
         let mut h = ShaHasher(Sha256::new());
         std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut h);
         let compat = hex::encode(&h.0.finalize()[..16]);
         let host_key = match &config.cache_dir {
-            Some(dir) => Some(host_key(dir).map_err(|e| SandboxError::internal(format!("cache dir {}: {e}", dir.display())))?),
+            Some(dir) => Some(host_key(dir).map_err(|e| {
+                SandboxError::internal(format!("cache dir {}: {e}", dir.display()))
+            })?),
             None => None,
         };
         let stop = Arc::new(AtomicBool::new(false));
         spawn_ticker(engine.weak(), config.epoch_tick, stop.clone());
-        Ok(Arc::new(SandboxEngine { engine, config, compat, host_key, memo: Mutex::new(HashMap::new()), stop }))
+        Ok(Arc::new(SandboxEngine {
+            engine,
+            config,
+            compat,
+            host_key,
+            memo: Mutex::new(HashMap::new()),
+            stop,
+        }))
     }
 
     /// The wasmtime engine.
@@ -231,7 +244,9 @@ impl SandboxEngine {
         let (a, s) = self.cached(bytes, "module")?;
         match a {
             Artifact::Module(m) => Ok((m, s)),
-            Artifact::Component(_) => Err(SandboxError::invalid("expected a core module, got a component")),
+            Artifact::Component(_) => Err(SandboxError::invalid(
+                "expected a core module, got a component",
+            )),
         }
     }
 
@@ -240,17 +255,32 @@ impl SandboxEngine {
         let (a, s) = self.cached(bytes, "component")?;
         match a {
             Artifact::Component(c) => Ok((c, s)),
-            Artifact::Module(_) => Err(SandboxError::invalid("expected a component, got a core module")),
+            Artifact::Module(_) => Err(SandboxError::invalid(
+                "expected a component, got a core module",
+            )),
         }
     }
 
-    fn cached(&self, bytes: &[u8], kind: &'static str) -> Result<(Artifact, CacheStatus), SandboxError> {
+    fn cached(
+        &self,
+        bytes: &[u8],
+        kind: &'static str,
+    ) -> Result<(Artifact, CacheStatus), SandboxError> {
         let sha = hex::encode(Sha256::digest(bytes));
         let key = (sha.clone(), kind);
-        if let Some(a) = self.memo.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(a) = self
+            .memo
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
             return Ok((a.clone(), CacheStatus::Memory));
         }
-        let path = self.config.cache_dir.as_ref().map(|d| d.join(format!("{sha}-{kind}-{}.cwasm", self.compat)));
+        let path = self
+            .config
+            .cache_dir
+            .as_ref()
+            .map(|d| d.join(format!("{sha}-{kind}-{}.cwasm", self.compat)));
         let mut status = CacheStatus::Compiled;
         let mut artifact = None;
         if let (Some(path), Some(key)) = (&path, &self.host_key) {
@@ -261,8 +291,12 @@ impl SandboxEngine {
                 // compatibility hash (part of the file name).
                 let r = unsafe {
                     match kind {
-                        "module" => Module::deserialize(&self.engine, &payload).map(Artifact::Module),
-                        _ => Component::deserialize(&self.engine, &payload).map(Artifact::Component),
+                        "module" => {
+                            Module::deserialize(&self.engine, &payload).map(Artifact::Module)
+                        }
+                        _ => {
+                            Component::deserialize(&self.engine, &payload).map(Artifact::Component)
+                        }
                     }
                 };
                 if let Ok(a) = r {
@@ -319,31 +353,33 @@ impl Hasher for ShaHasher {
 
 fn spawn_ticker(engine: wasmtime::EngineWeak, tick: Duration, stop: Arc<AtomicBool>) {
     let tick = tick.max(Duration::from_micros(100));
-    let _ = std::thread::Builder::new().name("wopbox-epoch".into()).spawn(move || {
-        // Tick on a fixed schedule (start + n * tick) rather than sleeping a
-        // fixed amount, so the epoch tracks real time even when sleeps
-        // overshoot; late ticks are caught up at once.
-        let start = Instant::now();
-        let mut n: u32 = 1;
-        loop {
-            let target = start + tick * n;
-            let now = Instant::now();
-            if target > now {
-                std::thread::sleep(target - now);
+    let _ = std::thread::Builder::new()
+        .name("wopbox-epoch".into())
+        .spawn(move || {
+            // Tick on a fixed schedule (start + n * tick) rather than sleeping a
+            // fixed amount, so the epoch tracks real time even when sleeps
+            // overshoot; late ticks are caught up at once.
+            let start = Instant::now();
+            let mut n: u32 = 1;
+            loop {
+                let target = start + tick * n;
+                let now = Instant::now();
+                if target > now {
+                    std::thread::sleep(target - now);
+                }
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                match engine.upgrade() {
+                    Some(e) => e.increment_epoch(),
+                    None => return,
+                }
+                n = n.wrapping_add(1);
+                if n == 0 {
+                    return spawn_ticker(engine, tick, stop);
+                }
             }
-            if stop.load(Ordering::Relaxed) {
-                return;
-            }
-            match engine.upgrade() {
-                Some(e) => e.increment_epoch(),
-                None => return,
-            }
-            n = n.wrapping_add(1);
-            if n == 0 {
-                return spawn_ticker(engine, tick, stop);
-            }
-        }
-    });
+        });
 }
 
 const SEAL_MAGIC: &[u8; 8] = b"WOPBXC01";
@@ -357,8 +393,15 @@ fn hmac_sha256(key: &[u8; 32], data: &[u8]) -> [u8; 32] {
         ipad[i] ^= k[i];
         opad[i] ^= k[i];
     }
-    let inner = Sha256::new().chain_update(ipad).chain_update(data).finalize();
-    Sha256::new().chain_update(opad).chain_update(inner).finalize().into()
+    let inner = Sha256::new()
+        .chain_update(ipad)
+        .chain_update(data)
+        .finalize();
+    Sha256::new()
+        .chain_update(opad)
+        .chain_update(inner)
+        .finalize()
+        .into()
 }
 
 fn read_sealed(path: &Path, key: &[u8; 32]) -> Option<Vec<u8>> {
@@ -369,7 +412,10 @@ fn read_sealed(path: &Path, key: &[u8; 32]) -> Option<Vec<u8>> {
     let (mac, payload) = data[8..].split_at(32);
     let want = hmac_sha256(key, payload);
     // Constant-time compare.
-    let diff = mac.iter().zip(want.iter()).fold(0u8, |a, (x, y)| a | (x ^ y));
+    let diff = mac
+        .iter()
+        .zip(want.iter())
+        .fold(0u8, |a, (x, y)| a | (x ^ y));
     if diff != 0 {
         tracing::warn!(path = %path.display(), "ignoring compile cache entry with a bad seal");
         return None;
@@ -379,7 +425,11 @@ fn read_sealed(path: &Path, key: &[u8; 32]) -> Option<Vec<u8>> {
 
 fn write_sealed(path: &Path, key: &[u8; 32], payload: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".tmp-{}-{:?}", std::process::id(), std::thread::current().id()));
+    let tmp = dir.join(format!(
+        ".tmp-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
     let mut out = Vec::with_capacity(payload.len() + 40);
     out.extend_from_slice(SEAL_MAGIC);
     out.extend_from_slice(&hmac_sha256(key, payload));
@@ -437,6 +487,9 @@ mod tests {
         // a 32-byte key against a value computed independently (python hmac).
         let key = [0x0bu8; 32];
         let mac = hmac_sha256(&key, b"Hi There");
-        assert_eq!(hex::encode(mac), "198a607eb44bfbc69903a0f1cf2bbdc5ba0aa3f3d9ae3c1c7a3b1696a0b68cf7");
+        assert_eq!(
+            hex::encode(mac),
+            "198a607eb44bfbc69903a0f1cf2bbdc5ba0aa3f3d9ae3c1c7a3b1696a0b68cf7"
+        );
     }
 }

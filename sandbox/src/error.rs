@@ -179,7 +179,9 @@ pub enum SandboxError {
 
     /// The module reported an ABI version this host does not speak
     /// (RFC 0008 §H: the pack must not be registered).
-    #[error("unsupported_abi_version: module reports ABI version {found}, host supports {supported:?}")]
+    #[error(
+        "unsupported_abi_version: module reports ABI version {found}, host supports {supported:?}"
+    )]
     UnsupportedAbiVersion {
         /// What `openwop_abi_version()` (or the manifest) returned.
         found: i64,
@@ -263,19 +265,30 @@ impl SandboxError {
             SandboxError::EscapeAttempt { kind, module, name } => {
                 d.insert("escapeKind".into(), kind.as_str().into());
                 // Component imports are whole interfaces (`wasi:filesystem/types@0.2.6`): no `.name`.
-                let import = if name.is_empty() { module.clone() } else { format!("{module}.{name}") };
+                let import = if name.is_empty() {
+                    module.clone()
+                } else {
+                    format!("{module}.{name}")
+                };
                 d.insert("import".into(), import.into());
             }
             SandboxError::CapabilityDenied { capability } => {
                 d.insert("requestedCapability".into(), capability.clone().into());
             }
-            SandboxError::MemoryExceeded { limit_bytes, requested_bytes, .. } => {
+            SandboxError::MemoryExceeded {
+                limit_bytes,
+                requested_bytes,
+                ..
+            } => {
                 d.insert("limitBytes".into(), (*limit_bytes).into());
                 if let Some(r) = requested_bytes {
                     d.insert("requestedBytes".into(), (*r).into());
                 }
             }
-            SandboxError::Timeout { limit_ms, elapsed_ms } => {
+            SandboxError::Timeout {
+                limit_ms,
+                elapsed_ms,
+            } => {
                 d.insert("reason".into(), "wall-clock".into());
                 d.insert("limitMs".into(), (*limit_ms).into());
                 d.insert("elapsedMs".into(), (*elapsed_ms).into());
@@ -316,12 +329,19 @@ impl SandboxError {
     /// clock, fuel); `None` for every other error.
     pub fn cap_breach(&self) -> Option<CapBreach> {
         match self {
-            SandboxError::MemoryExceeded { limit_bytes, requested_bytes, .. } => Some(CapBreach {
+            SandboxError::MemoryExceeded {
+                limit_bytes,
+                requested_bytes,
+                ..
+            } => Some(CapBreach {
                 kind: CapKind::WasmMemory,
                 limit: *limit_bytes,
                 observed: requested_bytes.unwrap_or(*limit_bytes),
             }),
-            SandboxError::Timeout { limit_ms, elapsed_ms } => Some(CapBreach {
+            SandboxError::Timeout {
+                limit_ms,
+                elapsed_ms,
+            } => Some(CapBreach {
                 kind: CapKind::WasmExecutionTime,
                 limit: *limit_ms,
                 observed: *elapsed_ms,
@@ -342,14 +362,20 @@ impl SandboxError {
     }
 
     pub(crate) fn internal(message: impl std::fmt::Display) -> Self {
-        SandboxError::Internal { message: message.to_string() }
+        SandboxError::Internal {
+            message: message.to_string(),
+        }
     }
 
     pub(crate) fn invalid(message: impl std::fmt::Display) -> Self {
-        SandboxError::InvalidModule { message: message.to_string() }
+        SandboxError::InvalidModule {
+            message: message.to_string(),
+        }
     }
 
     pub(crate) fn abi(message: impl std::fmt::Display) -> Self {
-        SandboxError::AbiViolation { message: message.to_string() }
+        SandboxError::AbiViolation {
+            message: message.to_string(),
+        }
     }
 }

@@ -67,14 +67,19 @@ impl Grants {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        Grants { allowed_host_calls: calls.into_iter().map(Into::into).collect(), ..Self::default() }
+        Grants {
+            allowed_host_calls: calls.into_iter().map(Into::into).collect(),
+            ..Self::default()
+        }
     }
 
     /// Is the capability imported as `openwop.<name>` granted?
     pub fn allows_host_call(&self, name: &str) -> bool {
         self.allowed_host_calls.iter().any(|g| {
             let g = g.as_str();
-            g == name || g.strip_prefix("host.") == Some(name) || name.strip_prefix("host.") == Some(g)
+            g == name
+                || g.strip_prefix("host.") == Some(name)
+                || name.strip_prefix("host.") == Some(g)
         })
     }
 }

@@ -58,7 +58,7 @@ use tokio::sync::Semaphore;
 pub use engine::{CacheStatus, EngineConfig, PoolConfig, SandboxEngine};
 pub use error::{CapBreach, CapKind, EscapeKind, SandboxError};
 pub use grants::{DirAccess, Grants, PreopenDir};
-pub use limits::{LoadLimits, Limits};
+pub use limits::{Limits, LoadLimits};
 
 /// RFC 0008 ABI versions this sandbox speaks (`nodePackRuntimes.wasm.abiVersions`).
 pub const SUPPORTED_ABI_VERSIONS: &[u32] = &[1];
@@ -88,7 +88,10 @@ pub struct SandboxConfig {
 
 impl Default for SandboxConfig {
     fn default() -> Self {
-        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .max(2);
         SandboxConfig {
             engine: EngineConfig::default(),
             max_concurrent: cpus,
@@ -176,7 +179,14 @@ pub struct LoadOptions {
 impl LoadOptions {
     /// Defaults for `format`: no grants, no name, no manifest hints.
     pub fn new(format: PackFormat) -> Self {
-        LoadOptions { format, grants: Grants::none(), name: None, manifest_abi_version: None, memory_pages_max: None, limits: None }
+        LoadOptions {
+            format,
+            grants: Grants::none(),
+            name: None,
+            manifest_abi_version: None,
+            memory_pages_max: None,
+            limits: None,
+        }
     }
     /// Builder-style: set the grants.
     pub fn grants(mut self, grants: Grants) -> Self {
@@ -312,7 +322,13 @@ pub struct InvokeRequest {
 impl InvokeRequest {
     /// A request with an empty context and the pack's limits and grants.
     pub fn new(type_id: impl Into<String>, input: Value) -> Self {
-        InvokeRequest { type_id: type_id.into(), input, context: NodeContext::default(), limits: None, grants: None }
+        InvokeRequest {
+            type_id: type_id.into(),
+            input,
+            context: NodeContext::default(),
+            limits: None,
+            grants: None,
+        }
     }
     /// Builder-style: set the context.
     pub fn context(mut self, context: NodeContext) -> Self {
@@ -474,7 +490,14 @@ impl Sandbox {
     pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
         let engine = SandboxEngine::new(config.engine.clone())?;
         let permits = Arc::new(Semaphore::new(config.max_concurrent.max(1)));
-        Ok(Sandbox { inner: Arc::new(Inner { engine, config, permits, queued: AtomicUsize::new(0) }) })
+        Ok(Sandbox {
+            inner: Arc::new(Inner {
+                engine,
+                config,
+                permits,
+                queued: AtomicUsize::new(0),
+            }),
+        })
     }
 
     /// The configuration.
@@ -490,10 +513,20 @@ impl Sandbox {
     /// Validate, gate, compile (or fetch from cache) and, for RFC 0008
     /// modules, run the ABI handshake (version, pack name, node typeIds —
     /// no node is invoked). Runs on the blocking pool.
-    pub async fn load(&self, bytes: Vec<u8>, opts: LoadOptions) -> Result<Arc<LoadedPack>, SandboxError> {
+    pub async fn load(
+        &self,
+        bytes: Vec<u8>,
+        opts: LoadOptions,
+    ) -> Result<Arc<LoadedPack>, SandboxError> {
         let this = self.clone();
         let _slot = self.enter_queue()?;
-        let permit = self.inner.permits.clone().acquire_owned().await.map_err(SandboxError::internal)?;
+        let permit = self
+            .inner
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(SandboxError::internal)?;
         drop(_slot);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -505,7 +538,11 @@ impl Sandbox {
 
     /// [`Sandbox::load`] on the calling thread. Do not call this from an
     /// async executor thread: it compiles and may run guest start code.
-    pub fn load_blocking(&self, bytes: &[u8], opts: LoadOptions) -> Result<Arc<LoadedPack>, SandboxError> {
+    pub fn load_blocking(
+        &self,
+        bytes: &[u8],
+        opts: LoadOptions,
+    ) -> Result<Arc<LoadedPack>, SandboxError> {
         let ll = &self.inner.config.load_limits;
         if bytes.len() > ll.max_module_bytes {
             return Err(SandboxError::invalid(format!(
@@ -514,11 +551,16 @@ impl Sandbox {
                 ll.max_module_bytes
             )));
         }
-        let mut limits = opts.limits.clone().unwrap_or_else(|| self.inner.config.default_limits.clone());
+        let mut limits = opts
+            .limits
+            .clone()
+            .unwrap_or_else(|| self.inner.config.default_limits.clone());
         if let Some(pages) = opts.memory_pages_max {
             limits.memory_bytes = limits.memory_bytes.min(pages.saturating_mul(limits::PAGE));
         }
-        limits.memory_bytes = limits.memory_bytes.min(self.inner.engine.config().pool.max_memory_bytes);
+        limits.memory_bytes = limits
+            .memory_bytes
+            .min(self.inner.engine.config().pool.max_memory_bytes);
         abi::load(&self.inner.engine, ll, bytes, &opts, limits)
     }
 
@@ -530,10 +572,20 @@ impl Sandbox {
     ///
     /// `Ok` means the guest answered (completed, failed on purpose, or
     /// suspended); every sandbox-enforced failure is an `Err`.
-    pub async fn invoke(&self, pack: &Arc<LoadedPack>, req: InvokeRequest) -> Result<InvokeOutcome, SandboxError> {
+    pub async fn invoke(
+        &self,
+        pack: &Arc<LoadedPack>,
+        req: InvokeRequest,
+    ) -> Result<InvokeOutcome, SandboxError> {
         let queued_at = std::time::Instant::now();
         let slot = self.enter_queue()?;
-        let permit = self.inner.permits.clone().acquire_owned().await.map_err(SandboxError::internal)?;
+        let permit = self
+            .inner
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(SandboxError::internal)?;
         drop(slot);
         let queued = queued_at.elapsed();
         let wall = req.limits.as_ref().unwrap_or(&pack.limits).wall_clock;
@@ -550,14 +602,21 @@ impl Sandbox {
                 o
             }),
             Ok(Err(e)) => Err(SandboxError::internal(format!("invocation worker: {e}"))),
-            Err(_) => Err(SandboxError::Timeout { limit_ms: wall.as_millis() as u64, elapsed_ms: backstop.as_millis() as u64 }),
+            Err(_) => Err(SandboxError::Timeout {
+                limit_ms: wall.as_millis() as u64,
+                elapsed_ms: backstop.as_millis() as u64,
+            }),
         }
     }
 
     /// [`Sandbox::invoke`] on the calling thread, without queueing. Do not
     /// call this from an async executor thread. Hosts that manage their own
     /// worker threads can use it directly.
-    pub fn invoke_blocking(&self, pack: &LoadedPack, req: &InvokeRequest) -> Result<InvokeOutcome, SandboxError> {
+    pub fn invoke_blocking(
+        &self,
+        pack: &LoadedPack,
+        req: &InvokeRequest,
+    ) -> Result<InvokeOutcome, SandboxError> {
         abi::invoke(&self.inner.engine, pack, req)
     }
 
@@ -577,8 +636,13 @@ impl Sandbox {
         req.limits = limits;
         let out = self.invoke(pack, req).await?;
         match out.result {
-            GuestResult::Completed(v) => v.as_i64().map(|v| v as i32).ok_or_else(|| SandboxError::internal("probe result is not an integer")),
-            other => Err(SandboxError::internal(format!("unexpected probe result {other:?}"))),
+            GuestResult::Completed(v) => v
+                .as_i64()
+                .map(|v| v as i32)
+                .ok_or_else(|| SandboxError::internal("probe result is not an integer")),
+            other => Err(SandboxError::internal(format!(
+                "unexpected probe result {other:?}"
+            ))),
         }
     }
 

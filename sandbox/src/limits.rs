@@ -184,7 +184,12 @@ impl Limiter {
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let delta = (desired as u64).saturating_sub(current as u64);
         let total = self.total_memory.saturating_add(delta);
         let over_max = matches!(maximum, Some(m) if desired > m);
@@ -206,7 +211,12 @@ impl ResourceLimiter for Limiter {
         Ok(())
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let desired = desired as u64;
         let over_max = matches!(maximum, Some(m) if desired > m as u64);
         if desired > self.table_cap || over_max {
@@ -253,7 +263,8 @@ pub struct Budget {
 impl Budget {
     /// Fuel consumed so far in `store`.
     pub fn fuel_consumed<T>(&self, store: &Store<T>) -> u64 {
-        self.fuel_granted.saturating_sub(store.get_fuel().unwrap_or(0))
+        self.fuel_granted
+            .saturating_sub(store.get_fuel().unwrap_or(0))
     }
 }
 
@@ -261,14 +272,22 @@ impl Budget {
 ///
 /// `epoch_tick` is the engine's epoch ticker period. Call this before
 /// instantiating anything in `store`, so start functions are covered.
-pub fn prepare_store<T: HasLimiter + 'static>(store: &mut Store<T>, limits: &Limits, epoch_tick: Duration) -> Budget {
+pub fn prepare_store<T: HasLimiter + 'static>(
+    store: &mut Store<T>,
+    limits: &Limits,
+    epoch_tick: Duration,
+) -> Budget {
     store.limiter(|d| d.limiter() as &mut dyn ResourceLimiter);
     let fuel = limits.fuel.unwrap_or(u64::MAX);
     // consume_fuel is on for the engine; set_fuel cannot fail then.
     let _ = store.set_fuel(fuel);
     store.set_epoch_deadline(deadline_ticks(limits.wall_clock, epoch_tick));
     store.epoch_deadline_trap();
-    Budget { started: Instant::now(), fuel_granted: fuel, limits: limits.clone() }
+    Budget {
+        started: Instant::now(),
+        fuel_granted: fuel,
+        limits: limits.clone(),
+    }
 }
 
 /// Epoch ticks for a wall-clock cap: the deadline fires between `wall` and
@@ -301,7 +320,11 @@ pub fn classify(err: wasmtime::Error, limiter: &Limiter, budget: &Budget) -> San
                 elapsed_ms: budget.started.elapsed().as_millis() as u64,
             }
         }
-        Some(Trap::OutOfFuel) => return SandboxError::FuelExhausted { limit: budget.fuel_granted },
+        Some(Trap::OutOfFuel) => {
+            return SandboxError::FuelExhausted {
+                limit: budget.fuel_granted,
+            }
+        }
         _ => {}
     }
     if trap == Some(Trap::MemoryOutOfBounds) || limiter.memory_denied.is_some() {
@@ -313,7 +336,10 @@ pub fn classify(err: wasmtime::Error, limiter: &Limiter, budget: &Budget) -> San
             limit_bytes: limiter.memory_cap,
             requested_bytes: limiter.memory_denied,
             message: match limiter.memory_denied {
-                Some(req) => format!("a grow to {req} bytes was refused (cap {}), then: {what}", limiter.memory_cap),
+                Some(req) => format!(
+                    "a grow to {req} bytes was refused (cap {}), then: {what}",
+                    limiter.memory_cap
+                ),
                 None => format!("{what} (cap {} bytes)", limiter.memory_cap),
             },
         };
@@ -323,13 +349,22 @@ pub fn classify(err: wasmtime::Error, limiter: &Limiter, budget: &Budget) -> San
             return SandboxError::MemoryExceeded {
                 limit_bytes: limiter.memory_cap,
                 requested_bytes: None,
-                message: format!("a table grow to {req} elements was refused (cap {}), then: {err}", limiter.table_cap),
+                message: format!(
+                    "a table grow to {req} elements was refused (cap {}), then: {err}",
+                    limiter.table_cap
+                ),
             };
         }
     }
     match trap {
-        Some(t) => SandboxError::Trap { message: format!("{err:#}"), trap: Some(format!("{t:?}")) },
-        None => SandboxError::Trap { message: format!("{err:#}"), trap: None },
+        Some(t) => SandboxError::Trap {
+            message: format!("{err:#}"),
+            trap: Some(format!("{t:?}")),
+        },
+        None => SandboxError::Trap {
+            message: format!("{err:#}"),
+            trap: None,
+        },
     }
 }
 
@@ -339,8 +374,14 @@ mod tests {
 
     #[test]
     fn deadline_rounds_up() {
-        assert_eq!(deadline_ticks(Duration::from_millis(300), Duration::from_millis(1)), 301);
-        assert_eq!(deadline_ticks(Duration::from_micros(1500), Duration::from_millis(1)), 3);
+        assert_eq!(
+            deadline_ticks(Duration::from_millis(300), Duration::from_millis(1)),
+            301
+        );
+        assert_eq!(
+            deadline_ticks(Duration::from_micros(1500), Duration::from_millis(1)),
+            3
+        );
         assert_eq!(deadline_ticks(Duration::ZERO, Duration::from_millis(1)), 1);
     }
 
@@ -348,8 +389,12 @@ mod tests {
     fn limiter_refuses_over_cap() {
         let mut l = Limiter::new(&Limits::default().with_memory_bytes(2 * PAGE));
         assert!(l.memory_growing(0, PAGE as usize, None).unwrap());
-        assert!(l.memory_growing(PAGE as usize, 2 * PAGE as usize, None).unwrap());
-        assert!(!l.memory_growing(2 * PAGE as usize, 3 * PAGE as usize, None).unwrap());
+        assert!(l
+            .memory_growing(PAGE as usize, 2 * PAGE as usize, None)
+            .unwrap());
+        assert!(!l
+            .memory_growing(2 * PAGE as usize, 3 * PAGE as usize, None)
+            .unwrap());
         assert_eq!(l.peak_memory, 2 * PAGE);
         assert_eq!(l.memory_denied, Some(3 * PAGE));
     }

@@ -91,20 +91,34 @@ pub struct GatedImport {
 /// imports, globals, segments, function body size, locals. A declared
 /// initial memory over the cap is [`SandboxError::MemoryExceeded`]; other
 /// violations are [`SandboxError::InvalidModule`].
-pub fn check_declared(bytes: &[u8], ll: &LoadLimits, pool: &PoolConfig, memory_cap: u64) -> Result<(), SandboxError> {
+pub fn check_declared(
+    bytes: &[u8],
+    ll: &LoadLimits,
+    pool: &PoolConfig,
+    memory_cap: u64,
+) -> Result<(), SandboxError> {
     let bad = |m: String| SandboxError::invalid(m);
     let over = |what: &str, n: u64, max: u64| -> Result<(), SandboxError> {
         if n > max {
-            Err(SandboxError::invalid(format!("module declares {n} {what}, the limit is {max}")))
+            Err(SandboxError::invalid(format!(
+                "module declares {n} {what}, the limit is {max}"
+            )))
         } else {
             Ok(())
         }
     };
-    let mem_cap = ll.max_initial_memory_bytes.min(pool.max_memory_bytes).min(memory_cap);
-    let table_cap = ll.max_initial_table_elements.min(pool.max_table_elements as u64);
+    let mem_cap = ll
+        .max_initial_memory_bytes
+        .min(pool.max_memory_bytes)
+        .min(memory_cap);
+    let table_cap = ll
+        .max_initial_table_elements
+        .min(pool.max_table_elements as u64);
     let check_mem = |m: &wasmtime::wasmparser::MemoryType| -> Result<(), SandboxError> {
         if m.memory64 || m.shared {
-            return Err(SandboxError::invalid("64-bit and shared memories are not supported"));
+            return Err(SandboxError::invalid(
+                "64-bit and shared memories are not supported",
+            ));
         }
         let page = 1u64 << m.page_size_log2();
         let initial = m.initial.saturating_mul(page);
@@ -112,7 +126,9 @@ pub fn check_declared(bytes: &[u8], ll: &LoadLimits, pool: &PoolConfig, memory_c
             return Err(SandboxError::MemoryExceeded {
                 limit_bytes: mem_cap,
                 requested_bytes: Some(initial),
-                message: format!("module declares an initial memory of {initial} bytes, the cap is {mem_cap}"),
+                message: format!(
+                    "module declares an initial memory of {initial} bytes, the cap is {mem_cap}"
+                ),
             });
         }
         Ok(())
@@ -132,9 +148,10 @@ pub fn check_declared(bytes: &[u8], ll: &LoadLimits, pool: &PoolConfig, memory_c
     for payload in Parser::new(0).parse_all(bytes) {
         let payload = payload.map_err(|e| bad(format!("malformed module: {e}")))?;
         match payload {
-            Payload::Version { encoding: Encoding::Component, .. } => {
-                return Err(bad("this is a component, not a core module".into()))
-            }
+            Payload::Version {
+                encoding: Encoding::Component,
+                ..
+            } => return Err(bad("this is a component, not a core module".into())),
             Payload::ImportSection(r) => {
                 for imp in r.into_imports() {
                     let imp = imp.map_err(|e| bad(format!("malformed import: {e}")))?;
@@ -176,11 +193,19 @@ pub fn check_declared(bytes: &[u8], ll: &LoadLimits, pool: &PoolConfig, memory_c
             Payload::DataSection(r) => segments += r.count() as u64,
             Payload::CodeSectionEntry(body) => {
                 let size = body.range().len() as u64;
-                over("bytes in one function body", size, ll.max_function_body_bytes as u64)?;
+                over(
+                    "bytes in one function body",
+                    size,
+                    ll.max_function_body_bytes as u64,
+                )?;
                 let mut locals = 0u64;
-                let mut rd = body.get_locals_reader().map_err(|e| bad(format!("malformed locals: {e}")))?;
+                let mut rd = body
+                    .get_locals_reader()
+                    .map_err(|e| bad(format!("malformed locals: {e}")))?;
                 for _ in 0..rd.get_count() {
-                    let (n, _) = rd.read().map_err(|e| bad(format!("malformed locals: {e}")))?;
+                    let (n, _) = rd
+                        .read()
+                        .map_err(|e| bad(format!("malformed locals: {e}")))?;
                     locals = locals.saturating_add(n as u64);
                     over("locals in one function", locals, ll.max_locals as u64)?;
                 }
@@ -192,7 +217,11 @@ pub fn check_declared(bytes: &[u8], ll: &LoadLimits, pool: &PoolConfig, memory_c
         over("tables", tables, ll.max_tables as u64)?;
         over("globals", globals, ll.max_globals as u64)?;
         over("exports", exports, ll.max_exports as u64)?;
-        over("data and element segments", segments, ll.max_segments as u64)?;
+        over(
+            "data and element segments",
+            segments,
+            ll.max_segments as u64,
+        )?;
     }
     Ok(())
 }
@@ -223,7 +252,9 @@ pub fn pair_encoding(ty: &FuncType) -> Option<PairEncoding> {
 
 fn baseline_signature(b: Baseline, ty: &FuncType) -> Result<Option<PairEncoding>, String> {
     use ValType::{I32, I64};
-    let ok = |params: &[ValType], results: &[ValType]| params_are(ty, params) && results_are(ty, results);
+    let ok = |params: &[ValType], results: &[ValType]| {
+        params_are(ty, params) && results_are(ty, results)
+    };
     let pair = |params: &[ValType]| -> Result<Option<PairEncoding>, String> {
         if !params_are(ty, params) {
             return Err(format!("expected params {params:?}"));
@@ -234,9 +265,15 @@ fn baseline_signature(b: Baseline, ty: &FuncType) -> Result<Option<PairEncoding>
         }
     };
     match b {
-        Baseline::Log => ok(&[I32, I32, I32], &[]).then_some(None).ok_or_else(|| "expected (i32 i32 i32) -> ()".into()),
-        Baseline::NowMs => ok(&[], &[I64]).then_some(None).ok_or_else(|| "expected () -> i64".into()),
-        Baseline::Random => ok(&[I32, I32], &[]).then_some(None).ok_or_else(|| "expected (i32 i32) -> ()".into()),
+        Baseline::Log => ok(&[I32, I32, I32], &[])
+            .then_some(None)
+            .ok_or_else(|| "expected (i32 i32 i32) -> ()".into()),
+        Baseline::NowMs => ok(&[], &[I64])
+            .then_some(None)
+            .ok_or_else(|| "expected () -> i64".into()),
+        Baseline::Random => ok(&[I32, I32], &[])
+            .then_some(None)
+            .ok_or_else(|| "expected (i32 i32) -> ()".into()),
         Baseline::ChannelWrite | Baseline::VariableSet => ok(&[I32, I32, I32, I32], &[I32])
             .then_some(None)
             .ok_or_else(|| "expected (i32 i32 i32 i32) -> i32".into()),
@@ -254,35 +291,59 @@ fn baseline_signature(b: Baseline, ty: &FuncType) -> Result<Option<PairEncoding>
 ///   `requestedCapability` = `<name>` exactly;
 /// * everything else (`wasi_snapshot_preview1.*`, `env.*`, …) →
 ///   [`SandboxError::EscapeAttempt`] classified by the import name.
-pub fn gate_imports(module: &Module, format: PackFormat, grants: Option<&Grants>) -> Result<Vec<GatedImport>, SandboxError> {
+pub fn gate_imports(
+    module: &Module,
+    format: PackFormat,
+    grants: Option<&Grants>,
+) -> Result<Vec<GatedImport>, SandboxError> {
     let mut out = Vec::new();
     for imp in module.imports() {
         let (m, n, ty) = (imp.module(), imp.name(), imp.ty());
-        let use_ = if m == "env" && n == "memory" && format == PackFormat::Probe && matches!(ty, ExternType::Memory(_)) {
+        let use_ = if m == "env"
+            && n == "memory"
+            && format == PackFormat::Probe
+            && matches!(ty, ExternType::Memory(_))
+        {
             ImportUse::EnvMemory
         } else if m == "openwop" {
             let ExternType::Func(fty) = &ty else {
-                return Err(SandboxError::invalid(format!("import `openwop.{n}` must be a function")));
+                return Err(SandboxError::invalid(format!(
+                    "import `openwop.{n}` must be a function"
+                )));
             };
             match Baseline::from_name(n) {
                 Some(b) => {
-                    let enc = baseline_signature(b, fty)
-                        .map_err(|e| SandboxError::invalid(format!("import `openwop.{n}` has the wrong type: {e}")))?;
+                    let enc = baseline_signature(b, fty).map_err(|e| {
+                        SandboxError::invalid(format!(
+                            "import `openwop.{n}` has the wrong type: {e}"
+                        ))
+                    })?;
                     ImportUse::Baseline(b, enc)
                 }
                 None => {
                     if let Some(g) = grants {
                         if !g.allows_host_call(n) {
-                            return Err(SandboxError::CapabilityDenied { capability: n.to_string() });
+                            return Err(SandboxError::CapabilityDenied {
+                                capability: n.to_string(),
+                            });
                         }
                     }
                     ImportUse::Capability(n.to_string())
                 }
             }
         } else {
-            return Err(SandboxError::EscapeAttempt { kind: EscapeKind::classify(n), module: m.to_string(), name: n.to_string() });
+            return Err(SandboxError::EscapeAttempt {
+                kind: EscapeKind::classify(n),
+                module: m.to_string(),
+                name: n.to_string(),
+            });
         };
-        out.push(GatedImport { module: m.to_string(), name: n.to_string(), ty, use_ });
+        out.push(GatedImport {
+            module: m.to_string(),
+            name: n.to_string(),
+            ty,
+            use_,
+        });
     }
     Ok(out)
 }
@@ -293,10 +354,11 @@ pub fn check_capabilities(imports: &[GatedImport], grants: &Grants) -> Result<()
     for i in imports {
         if let ImportUse::Capability(name) = &i.use_ {
             if !grants.allows_host_call(name) {
-                return Err(SandboxError::CapabilityDenied { capability: name.clone() });
+                return Err(SandboxError::CapabilityDenied {
+                    capability: name.clone(),
+                });
             }
         }
     }
     Ok(())
 }
-

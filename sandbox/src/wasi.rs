@@ -45,7 +45,11 @@ where
 {
     allow
         .into_iter()
-        .filter_map(|n| std::env::var(n.as_ref()).ok().map(|v| (n.as_ref().to_string(), v)))
+        .filter_map(|n| {
+            std::env::var(n.as_ref())
+                .ok()
+                .map(|v| (n.as_ref().to_string(), v))
+        })
         .collect()
 }
 
@@ -56,16 +60,23 @@ where
 /// Build the WASI context for ONE invocation from the grants, with stdout
 /// and stderr each capped at `output_cap` bytes. Nothing is inherited from
 /// the host: no stdio, args, cwd, env or network; stdin is closed.
-pub fn build_ctx(grants: &Grants, output_cap: usize) -> Result<(WasiCtx, CapturedOutput), SandboxError> {
+pub fn build_ctx(
+    grants: &Grants,
+    output_cap: usize,
+) -> Result<(WasiCtx, CapturedOutput), SandboxError> {
     let mut b = WasiCtxBuilder::new();
     for p in &grants.preopened_dirs {
         let perms = match p.access {
             DirAccess::ReadOnly => FsPerms::ReadOnly,
             DirAccess::ReadWrite => FsPerms::ReadWrite,
         };
-        b.preopened_dir(&p.host_path, &p.guest_path, perms).map_err(|e| {
-            SandboxError::internal(format!("cannot open preopened directory {}: {e:#}", p.host_path.display()))
-        })?;
+        b.preopened_dir(&p.host_path, &p.guest_path, perms)
+            .map_err(|e| {
+                SandboxError::internal(format!(
+                    "cannot open preopened directory {}: {e:#}",
+                    p.host_path.display()
+                ))
+            })?;
     }
     b.envs(&grants.env);
     let stdout = BoundedOutputPipe::new(output_cap);
@@ -75,7 +86,9 @@ pub fn build_ctx(grants: &Grants, output_cap: usize) -> Result<(WasiCtx, Capture
     // Belt and braces: `wasi:sockets/*` imports are refused by the gate and
     // never linked; the context also denies every address (the builder's
     // default) and every protocol.
-    b.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+    b.allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
     Ok((b.build(), CapturedOutput { stdout, stderr }))
 }
 
@@ -103,7 +116,10 @@ pub struct BoundedOutputPipe {
 impl BoundedOutputPipe {
     /// A pipe keeping at most `limit` bytes.
     pub fn new(limit: usize) -> Self {
-        BoundedOutputPipe { limit, state: Arc::default() }
+        BoundedOutputPipe {
+            limit,
+            state: Arc::default(),
+        }
     }
     fn push(&self, bytes: &[u8]) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -114,7 +130,11 @@ impl BoundedOutputPipe {
     }
     /// Captured bytes (at most the limit).
     pub fn contents(&self) -> Vec<u8> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).buf.clone()
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .buf
+            .clone()
     }
     /// Bytes written beyond the limit and dropped.
     pub fn dropped(&self) -> u64 {
@@ -152,7 +172,10 @@ impl tokio::io::AsyncWrite for BoundedOutputPipe {
         self.push(buf);
         std::task::Poll::Ready(Ok(buf.len()))
     }
-    fn poll_flush(self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
     fn poll_shutdown(
@@ -221,7 +244,11 @@ fn split_import(name: &str) -> (&str, &str) {
 /// The escape error for a refused component import (`details.import` is
 /// the full interface name).
 fn escape(kind: EscapeKind, import: &str) -> SandboxError {
-    SandboxError::EscapeAttempt { kind, module: import.to_string(), name: String::new() }
+    SandboxError::EscapeAttempt {
+        kind,
+        module: import.to_string(),
+        name: String::new(),
+    }
 }
 
 /// Decide one component import (its full name, e.g.
@@ -249,19 +276,29 @@ pub fn classify_import(name: &str, grants: &Grants) -> Result<Linked, SandboxErr
         "openwop:node" if iface == "host" || iface == "types" => Ok(Linked::Baseline),
         "wasi:io" | "wasi:clocks" | "wasi:random" => Ok(Linked::WasiBaseline),
         "wasi:cli" => match iface {
-            "stdin" | "stdout" | "stderr" | "terminal-input" | "terminal-output" | "terminal-stdin"
-            | "terminal-stdout" | "terminal-stderr" | "exit" => Ok(Linked::WasiBaseline),
+            "stdin" | "stdout" | "stderr" | "terminal-input" | "terminal-output"
+            | "terminal-stdin" | "terminal-stdout" | "terminal-stderr" | "exit" => {
+                Ok(Linked::WasiBaseline)
+            }
             "environment" if env => Ok(Linked::Environment),
             "environment" => Err(escape(EscapeKind::HostEnv, name)),
             _ => Err(escape(EscapeKind::HostProcess, name)),
         },
-        "wasi:filesystem" if fs && (iface == "types" || iface == "preopens") => Ok(Linked::Filesystem),
+        "wasi:filesystem" if fs && (iface == "types" || iface == "preopens") => {
+            Ok(Linked::Filesystem)
+        }
         "wasi:filesystem" => Err(escape(EscapeKind::HostFs, name)),
-        "wasi:http" if http && (iface == "types" || iface == "outgoing-handler") => Ok(Linked::Http),
+        "wasi:http" if http && (iface == "types" || iface == "outgoing-handler") => {
+            Ok(Linked::Http)
+        }
         "wasi:http" | "wasi:sockets" => Err(escape(EscapeKind::Network, name)),
         p if p.starts_with("wasi:") => Err(escape(EscapeKind::HostProcess, name)),
-        p if p.starts_with("openwop:") => Err(SandboxError::CapabilityDenied { capability: iface.to_string() }),
-        _ => Err(SandboxError::CapabilityDenied { capability: name.to_string() }),
+        p if p.starts_with("openwop:") => Err(SandboxError::CapabilityDenied {
+            capability: iface.to_string(),
+        }),
+        _ => Err(SandboxError::CapabilityDenied {
+            capability: name.to_string(),
+        }),
     }
 }
 
@@ -272,7 +309,10 @@ pub fn classify_imports<'a>(
     names: impl IntoIterator<Item = &'a str>,
     grants: &Grants,
 ) -> Result<std::collections::BTreeSet<Linked>, SandboxError> {
-    names.into_iter().map(|n| classify_import(n, grants)).collect()
+    names
+        .into_iter()
+        .map(|n| classify_import(n, grants))
+        .collect()
 }
 
 /// Gate a compiled component by its type (`component_type().imports()`);
@@ -294,7 +334,9 @@ pub fn gate_component(
 /// more than it declares can be refused with `pack_runtime_requirement_unmet`
 /// before the sandbox refuses it at load). `fs.write` cannot be told from
 /// imports: a read-only grant satisfies the import, writes then fail.
-pub fn requirements_for_imports<'a>(names: impl IntoIterator<Item = &'a str>) -> std::collections::BTreeSet<&'static str> {
+pub fn requirements_for_imports<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+) -> std::collections::BTreeSet<&'static str> {
     names
         .into_iter()
         .filter_map(|n| match split_import(n) {
@@ -369,7 +411,9 @@ impl std::str::FromStr for AllowedHost {
         } else if let Some(r) = s.strip_prefix("http://") {
             (HttpScheme::Http, r)
         } else if s.contains("://") {
-            return Err(format!("unsupported scheme in allowed host `{s}` (only https:// and http://)"));
+            return Err(format!(
+                "unsupported scheme in allowed host `{s}` (only https:// and http://)"
+            ));
         } else {
             (HttpScheme::Https, s)
         };
@@ -378,7 +422,9 @@ impl std::str::FromStr for AllowedHost {
             return Err(format!("allowed host `{s}` must be [scheme://]host[:port]"));
         }
         let (host, port) = if let Some(r) = rest.strip_prefix('[') {
-            let (h, tail) = r.split_once(']').ok_or_else(|| format!("bad IPv6 literal in `{s}`"))?;
+            let (h, tail) = r
+                .split_once(']')
+                .ok_or_else(|| format!("bad IPv6 literal in `{s}`"))?;
             (format!("[{h}]"), tail.strip_prefix(':'))
         } else {
             match rest.rsplit_once(':') {
@@ -389,12 +435,18 @@ impl std::str::FromStr for AllowedHost {
         let port = match port {
             None => Some(scheme.default_port()),
             Some("*") => None,
-            Some(p) => Some(p.parse::<u16>().map_err(|_| format!("bad port in allowed host `{s}`"))?),
+            Some(p) => Some(
+                p.parse::<u16>()
+                    .map_err(|_| format!("bad port in allowed host `{s}`"))?,
+            ),
         };
         let host = host.to_ascii_lowercase();
-        let wildcard_ok = !host.contains('*') || (host.starts_with("*.") && !host[2..].contains('*') && host.len() > 2);
+        let wildcard_ok = !host.contains('*')
+            || (host.starts_with("*.") && !host[2..].contains('*') && host.len() > 2);
         if host.is_empty() || !wildcard_ok {
-            return Err(format!("bad host pattern in `{s}` (use an exact host or `*.domain`)"));
+            return Err(format!(
+                "bad host pattern in `{s}` (use an exact host or `*.domain`)"
+            ));
         }
         Ok(AllowedHost { scheme, host, port })
     }
@@ -407,7 +459,9 @@ impl AllowedHost {
         }
         let host = host.to_ascii_lowercase();
         match self.host.strip_prefix("*.") {
-            Some(suffix) => host.strip_suffix(suffix).is_some_and(|head| head.len() > 1 && head.ends_with('.')),
+            Some(suffix) => host
+                .strip_suffix(suffix)
+                .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
             None => self.host == host,
         }
     }
@@ -433,7 +487,10 @@ impl HttpAllowlist {
     /// Parse entries such as `api.example.com`, `https://*.example.com:8443`,
     /// `http://127.0.0.1:8080` (see [`AllowedHost`]).
     pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self, String> {
-        let hosts = entries.iter().map(|e| e.as_ref().parse()).collect::<Result<Vec<_>, _>>()?;
+        let hosts = entries
+            .iter()
+            .map(|e| e.as_ref().parse())
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(HttpAllowlist { hosts })
     }
 
@@ -444,18 +501,29 @@ impl HttpAllowlist {
 
     /// Check one absolute request URI.
     pub fn check(&self, uri: &http::Uri) -> Result<(), DeniedRequest> {
-        let deny = |reason: &str| Err(DeniedRequest { uri: uri.to_string(), reason: reason.to_string() });
+        let deny = |reason: &str| {
+            Err(DeniedRequest {
+                uri: uri.to_string(),
+                reason: reason.to_string(),
+            })
+        };
         let scheme = match uri.scheme_str() {
             Some("https") => HttpScheme::Https,
             Some("http") => HttpScheme::Http,
             _ => return deny("scheme not allowed"),
         };
-        let Some(authority) = uri.authority() else { return deny("no host") };
+        let Some(authority) = uri.authority() else {
+            return deny("no host");
+        };
         if authority.as_str().contains('@') {
             return deny("userinfo in authority");
         }
         let port = authority.port_u16().unwrap_or(scheme.default_port());
-        if self.hosts.iter().any(|h| h.matches(scheme, authority.host(), port)) {
+        if self
+            .hosts
+            .iter()
+            .any(|h| h.matches(scheme, authority.host(), port))
+        {
             Ok(())
         } else {
             deny("host not in allowlist")
@@ -475,16 +543,26 @@ pub struct OutboundHttpHooks {
 impl OutboundHttpHooks {
     /// Hooks enforcing `allowlist`.
     pub fn new(allowlist: HttpAllowlist) -> Self {
-        OutboundHttpHooks { allowlist, denied: Arc::default() }
+        OutboundHttpHooks {
+            allowlist,
+            denied: Arc::default(),
+        }
     }
     /// Requests denied so far.
     pub fn denied(&self) -> Vec<DeniedRequest> {
-        self.denied.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.denied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
 type IoFuture = Box<dyn std::future::Future<Output = wasmtime_wasi_http::Result<()>> + Send>;
-type SendFuture = Box<dyn std::future::Future<Output = wasmtime_wasi_http::Result<(http::Response<WasiBody>, IoFuture)>> + Send>;
+type SendFuture = Box<
+    dyn std::future::Future<
+            Output = wasmtime_wasi_http::Result<(http::Response<WasiBody>, IoFuture)>,
+        > + Send,
+>;
 
 /// Longest a single outbound connect / first byte / gap may take, whatever
 /// the guest asks for (the invocation's wall clock applies on top).
@@ -501,7 +579,8 @@ impl WasiHttpHooks for OutboundHttpHooks {
     }
 
     fn is_supported_scheme(&mut self, scheme: &http::uri::Scheme) -> bool {
-        *scheme == http::uri::Scheme::HTTPS || (*scheme == http::uri::Scheme::HTTP && self.allowlist.allows_plain_http())
+        *scheme == http::uri::Scheme::HTTPS
+            || (*scheme == http::uri::Scheme::HTTP && self.allowlist.allows_plain_http())
     }
 
     fn default_scheme(&mut self) -> Option<http::uri::Scheme> {
@@ -517,11 +596,16 @@ impl WasiHttpHooks for OutboundHttpHooks {
         _ = fut;
         if let Err(denied) = self.allowlist.check(request.uri()) {
             tracing::warn!(uri = %denied.uri, reason = %denied.reason, "sandbox: outbound HTTP denied");
-            self.denied.lock().unwrap_or_else(|e| e.into_inner()).push(denied);
+            self.denied
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(denied);
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         let mut o = options.unwrap_or_default();
-        let cap = |t: Option<std::time::Duration>| Some(t.map_or(HTTP_TIMEOUT_CAP, |t| t.min(HTTP_TIMEOUT_CAP)));
+        let cap = |t: Option<std::time::Duration>| {
+            Some(t.map_or(HTTP_TIMEOUT_CAP, |t| t.min(HTTP_TIMEOUT_CAP)))
+        };
         o.connect_timeout = cap(o.connect_timeout);
         o.first_byte_timeout = cap(o.first_byte_timeout);
         o.between_bytes_timeout = cap(o.between_bytes_timeout);
@@ -541,12 +625,24 @@ mod tests {
     fn g(fs: bool, env: bool, http: bool) -> Grants {
         Grants {
             preopened_dirs: if fs {
-                vec![PreopenDir { host_path: "/nonexistent".into(), guest_path: "/data".into(), access: DirAccess::ReadOnly }]
+                vec![PreopenDir {
+                    host_path: "/nonexistent".into(),
+                    guest_path: "/data".into(),
+                    access: DirAccess::ReadOnly,
+                }]
             } else {
                 vec![]
             },
-            env: if env { vec![("A".into(), "1".into())] } else { vec![] },
-            outbound_hosts: if http { vec!["api.example.com".into()] } else { vec![] },
+            env: if env {
+                vec![("A".into(), "1".into())]
+            } else {
+                vec![]
+            },
+            outbound_hosts: if http {
+                vec!["api.example.com".into()]
+            } else {
+                vec![]
+            },
             ..Grants::default()
         }
     }
@@ -581,21 +677,66 @@ mod tests {
         ] {
             assert!(classify_import(ok, &none).is_ok(), "{ok}");
         }
-        assert_eq!(kind("wasi:filesystem/types@0.2.6", &none), Some(EscapeKind::HostFs));
-        assert_eq!(kind("wasi:filesystem/preopens@0.2.0", &none), Some(EscapeKind::HostFs));
-        assert_eq!(kind("wasi:cli/environment@0.2.6", &none), Some(EscapeKind::HostEnv));
-        assert_eq!(kind("wasi:sockets/tcp@0.2.0", &all), Some(EscapeKind::Network));
-        assert_eq!(kind("wasi:sockets/ip-name-lookup@0.2.0", &all), Some(EscapeKind::Network));
-        assert_eq!(kind("wasi:http/outgoing-handler@0.2.0", &none), Some(EscapeKind::Network));
-        assert_eq!(kind("wasi:http/incoming-handler@0.2.0", &all), Some(EscapeKind::Network));
-        assert_eq!(kind("wasi:cli/run@0.2.0", &all), Some(EscapeKind::HostProcess));
-        assert_eq!(kind("wasi:threads/spawn@0.1.0", &all), Some(EscapeKind::HostProcess));
-        assert_eq!(classify_import("wasi:filesystem/types@0.2.6", &all).unwrap(), Linked::Filesystem);
-        assert_eq!(classify_import("wasi:cli/environment@0.2.6", &all).unwrap(), Linked::Environment);
-        assert_eq!(classify_import("wasi:http/types@0.2.6", &all).unwrap(), Linked::Http);
-        assert_eq!(denied_cap("openwop:node/fetch@0.1.0", &all).as_deref(), Some("fetch"));
-        assert_eq!(denied_cap("acme:secrets/vault", &all).as_deref(), Some("acme:secrets/vault"));
-        assert_eq!(denied_cap("privileged", &all).as_deref(), Some("privileged"));
+        assert_eq!(
+            kind("wasi:filesystem/types@0.2.6", &none),
+            Some(EscapeKind::HostFs)
+        );
+        assert_eq!(
+            kind("wasi:filesystem/preopens@0.2.0", &none),
+            Some(EscapeKind::HostFs)
+        );
+        assert_eq!(
+            kind("wasi:cli/environment@0.2.6", &none),
+            Some(EscapeKind::HostEnv)
+        );
+        assert_eq!(
+            kind("wasi:sockets/tcp@0.2.0", &all),
+            Some(EscapeKind::Network)
+        );
+        assert_eq!(
+            kind("wasi:sockets/ip-name-lookup@0.2.0", &all),
+            Some(EscapeKind::Network)
+        );
+        assert_eq!(
+            kind("wasi:http/outgoing-handler@0.2.0", &none),
+            Some(EscapeKind::Network)
+        );
+        assert_eq!(
+            kind("wasi:http/incoming-handler@0.2.0", &all),
+            Some(EscapeKind::Network)
+        );
+        assert_eq!(
+            kind("wasi:cli/run@0.2.0", &all),
+            Some(EscapeKind::HostProcess)
+        );
+        assert_eq!(
+            kind("wasi:threads/spawn@0.1.0", &all),
+            Some(EscapeKind::HostProcess)
+        );
+        assert_eq!(
+            classify_import("wasi:filesystem/types@0.2.6", &all).unwrap(),
+            Linked::Filesystem
+        );
+        assert_eq!(
+            classify_import("wasi:cli/environment@0.2.6", &all).unwrap(),
+            Linked::Environment
+        );
+        assert_eq!(
+            classify_import("wasi:http/types@0.2.6", &all).unwrap(),
+            Linked::Http
+        );
+        assert_eq!(
+            denied_cap("openwop:node/fetch@0.1.0", &all).as_deref(),
+            Some("fetch")
+        );
+        assert_eq!(
+            denied_cap("acme:secrets/vault", &all).as_deref(),
+            Some("acme:secrets/vault")
+        );
+        assert_eq!(
+            denied_cap("privileged", &all).as_deref(),
+            Some("privileged")
+        );
     }
 
     #[test]
@@ -615,7 +756,11 @@ mod tests {
     #[test]
     fn first_offending_import_wins() {
         let r = classify_imports(
-            ["wasi:io/streams@0.2.0", "wasi:cli/environment@0.2.0", "wasi:filesystem/types@0.2.0"],
+            [
+                "wasi:io/streams@0.2.0",
+                "wasi:cli/environment@0.2.0",
+                "wasi:filesystem/types@0.2.0",
+            ],
             &g(false, false, false),
         );
         match r {
@@ -629,29 +774,46 @@ mod tests {
 
     #[test]
     fn allowlist_grammar_and_matching() {
-        let a = HttpAllowlist::parse(&["api.example.com", "https://*.svc.example.org:8443", "http://127.0.0.1:8080"]).unwrap();
+        let a = HttpAllowlist::parse(&[
+            "api.example.com",
+            "https://*.svc.example.org:8443",
+            "http://127.0.0.1:8080",
+        ])
+        .unwrap();
         let ok = |u: &str| a.check(&u.parse().unwrap()).is_ok();
         assert!(ok("https://api.example.com/v1"));
         assert!(ok("https://API.Example.com:443/"));
-        assert!(!ok("http://api.example.com/"), "plain http needs an explicit http:// entry");
+        assert!(
+            !ok("http://api.example.com/"),
+            "plain http needs an explicit http:// entry"
+        );
         assert!(!ok("https://api.example.com:8443/"));
         assert!(!ok("https://evil.com/"));
         assert!(!ok("https://api.example.com.evil.com/"));
         assert!(ok("https://a.svc.example.org:8443/"));
         assert!(ok("https://a.b.svc.example.org:8443/"));
-        assert!(!ok("https://svc.example.org:8443/"), "wildcard does not match the apex");
+        assert!(
+            !ok("https://svc.example.org:8443/"),
+            "wildcard does not match the apex"
+        );
         assert!(!ok("https://xsvc.example.org:8443/"));
         assert!(ok("http://127.0.0.1:8080/x"));
         assert!(!ok("http://127.0.0.1:8081/x"));
         assert!(!ok("http://localhost:8080/x"));
         assert!(a.allows_plain_http());
-        assert!(!HttpAllowlist::parse(&["api.example.com"]).unwrap().allows_plain_http());
+        assert!(!HttpAllowlist::parse(&["api.example.com"])
+            .unwrap()
+            .allows_plain_http());
         for bad in ["ftp://x", "*", "a.*.com", "https://h/path", "*.", "user@h"] {
             assert!(HttpAllowlist::parse(&[bad]).is_err(), "{bad}");
         }
         let any_port = HttpAllowlist::parse(&["https://h.example:*"]).unwrap();
-        assert!(any_port.check(&"https://h.example:9999/".parse().unwrap()).is_ok());
-        assert!(HttpAllowlist::default().check(&"https://api.example.com/".parse().unwrap()).is_err());
+        assert!(any_port
+            .check(&"https://h.example:9999/".parse().unwrap())
+            .is_ok());
+        assert!(HttpAllowlist::default()
+            .check(&"https://api.example.com/".parse().unwrap())
+            .is_err());
     }
 
     #[test]
@@ -662,6 +824,9 @@ mod tests {
         w.write(bytes::Bytes::from_static(b"defgh")).unwrap();
         assert_eq!(p.contents(), b"abcde");
         assert_eq!(p.dropped(), 3);
-        assert!(w.check_write().unwrap() > 0, "a full pipe never closes or traps the guest");
+        assert!(
+            w.check_write().unwrap() > 0,
+            "a full pipe never closes or traps the guest"
+        );
     }
 }

@@ -46,9 +46,11 @@ use crate::abi::{Loaded, PackKind};
 use crate::engine::SandboxEngine;
 use crate::error::SandboxError;
 use crate::grants::Grants;
-use crate::limits::{classify, prepare_store, HasLimiter, LoadLimits, Limiter, Limits};
+use crate::limits::{classify, prepare_store, HasLimiter, Limiter, Limits, LoadLimits};
 use crate::wasi::{self, CapturedOutput, HttpAllowlist, Linked, OutboundHttpHooks};
-use crate::{GuestResult, InvokeOutcome, InvokeRequest, LoadOptions, LoadedPack, LogEntry, LogLevel, Metrics};
+use crate::{
+    GuestResult, InvokeOutcome, InvokeRequest, LoadOptions, LoadedPack, LogEntry, LogLevel, Metrics,
+};
 
 /// Bindings generated from `wit/node-pack.wit`.
 #[allow(missing_docs)]
@@ -103,13 +105,20 @@ impl HasLimiter for ComponentState {
 
 impl WasiView for ComponentState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 impl WasiHttpView for ComponentState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
     }
 }
 
@@ -128,7 +137,10 @@ impl wit_host::Host for ComponentState {
             wit_host::LogLevel::Warn => LogLevel::Warn,
             wit_host::LogLevel::Error => LogLevel::Error,
         };
-        self.logs.push(LogEntry { level, message: truncate(message, self.max_log_message_bytes) });
+        self.logs.push(LogEntry {
+            level,
+            message: truncate(message, self.max_log_message_bytes),
+        });
     }
 }
 
@@ -160,7 +172,10 @@ impl ComponentPack {
 }
 
 /// Build a linker with exactly the interface groups in `linked`.
-fn linker(engine: &wasmtime::Engine, linked: &BTreeSet<Linked>) -> wasmtime::Result<Linker<ComponentState>> {
+fn linker(
+    engine: &wasmtime::Engine,
+    linked: &BTreeSet<Linked>,
+) -> wasmtime::Result<Linker<ComponentState>> {
     use wasmtime_wasi::cli::{WasiCli, WasiCliView};
     use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
     use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView};
@@ -180,14 +195,18 @@ fn linker(engine: &wasmtime::Engine, linked: &BTreeSet<Linked>) -> wasmtime::Res
     // Baseline WASI: cannot reach anything on the host. Always linked (the
     // gate only lets these through when they appear; linking extra
     // interfaces a component does not import is harmless).
-    wasmtime_wasi::p2::bindings::io::error::add_to_linker::<ComponentState, HasIo>(&mut l, |t| &mut t.table)?;
+    wasmtime_wasi::p2::bindings::io::error::add_to_linker::<ComponentState, HasIo>(&mut l, |t| {
+        &mut t.table
+    })?;
     io::poll::add_to_linker::<ComponentState, HasIo>(&mut l, |t| &mut t.table)?;
     io::streams::add_to_linker::<ComponentState, HasIo>(&mut l, |t| &mut t.table)?;
     clocks::wall_clock::add_to_linker::<ComponentState, WasiClocks>(&mut l, |t| t.clocks())?;
     clocks::monotonic_clock::add_to_linker::<ComponentState, WasiClocks>(&mut l, |t| t.clocks())?;
     random::random::add_to_linker::<ComponentState, WasiRandom>(&mut l, |t| t.wasi.random())?;
     random::insecure::add_to_linker::<ComponentState, WasiRandom>(&mut l, |t| t.wasi.random())?;
-    random::insecure_seed::add_to_linker::<ComponentState, WasiRandom>(&mut l, |t| t.wasi.random())?;
+    random::insecure_seed::add_to_linker::<ComponentState, WasiRandom>(&mut l, |t| {
+        t.wasi.random()
+    })?;
     cli::exit::add_to_linker::<ComponentState, WasiCli>(&mut l, |t| t.cli())?;
     cli::stdin::add_to_linker::<ComponentState, WasiCli>(&mut l, |t| t.cli())?;
     cli::stdout::add_to_linker::<ComponentState, WasiCli>(&mut l, |t| t.cli())?;
@@ -203,8 +222,12 @@ fn linker(engine: &wasmtime::Engine, linked: &BTreeSet<Linked>) -> wasmtime::Res
         cli::environment::add_to_linker::<ComponentState, WasiCli>(&mut l, |t| t.cli())?;
     }
     if linked.contains(&Linked::Filesystem) {
-        filesystem::preopens::add_to_linker::<ComponentState, WasiFilesystem>(&mut l, |t| t.filesystem())?;
-        filesystem::types::add_to_linker::<ComponentState, WasiFilesystem>(&mut l, |t| t.filesystem())?;
+        filesystem::preopens::add_to_linker::<ComponentState, WasiFilesystem>(&mut l, |t| {
+            t.filesystem()
+        })?;
+        filesystem::types::add_to_linker::<ComponentState, WasiFilesystem>(&mut l, |t| {
+            t.filesystem()
+        })?;
     }
     if linked.contains(&Linked::Http) {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut l)?;
@@ -219,13 +242,24 @@ pub(crate) fn load(
     opts: &LoadOptions,
     limits: &Limits,
 ) -> Result<Loaded, SandboxError> {
-    check_declared(bytes, ll, engine.config().pool.max_memory_bytes.min(limits.memory_bytes))?;
+    check_declared(
+        bytes,
+        ll,
+        engine
+            .config()
+            .pool
+            .max_memory_bytes
+            .min(limits.memory_bytes),
+    )?;
     let (component, cache) = engine.component(bytes)?;
     let pack = prepare(engine.engine(), &component, &opts.grants)?;
 
     // Handshake in a throwaway instance: load-time caps, nothing granted.
     let hs = &ll.handshake;
-    let mut store = Store::new(engine.engine(), ComponentState::new(hs, WasiCtx::builder().build(), HttpAllowlist::default()));
+    let mut store = Store::new(
+        engine.engine(),
+        ComponentState::new(hs, WasiCtx::builder().build(), HttpAllowlist::default()),
+    );
     let budget = prepare_store(&mut store, hs, engine.epoch_tick());
     let pre = &pack.pre;
     let answer = run_with_deadline(hs, &budget, &mut store, |store| {
@@ -243,18 +277,33 @@ pub(crate) fn load(
         Err(Stopped::Error(e)) => return Err(classify(e, &store.data().limiter, &budget)),
     };
     if name.is_empty() || name.len() > 256 {
-        return Err(SandboxError::abi(format!("component pack-name must be 1..=256 bytes, got {}", name.len())));
+        return Err(SandboxError::abi(format!(
+            "component pack-name must be 1..=256 bytes, got {}",
+            name.len()
+        )));
     }
     if let Some(expected) = &opts.name {
         if *expected != name {
-            return Err(SandboxError::abi(format!("component calls itself `{name}`, the manifest says `{expected}`")));
+            return Err(SandboxError::abi(format!(
+                "component calls itself `{name}`, the manifest says `{expected}`"
+            )));
         }
     }
     if nodes.len() > ll.max_nodes as usize {
-        return Err(SandboxError::abi(format!("component declares {} nodes, the limit is {}", nodes.len(), ll.max_nodes)));
+        return Err(SandboxError::abi(format!(
+            "component declares {} nodes, the limit is {}",
+            nodes.len(),
+            ll.max_nodes
+        )));
     }
     let nodes: Vec<String> = nodes.into_iter().map(|n| n.type_id).collect();
-    Ok(Loaded { name, nodes, abi_version: None, cache, kind: PackKind::Component(pack) })
+    Ok(Loaded {
+        name,
+        nodes,
+        abi_version: None,
+        cache,
+        kind: PackKind::Component(pack),
+    })
 }
 
 /// Parse the component once (no compilation) and bound what its core
@@ -307,15 +356,25 @@ fn check_declared(bytes: &[u8], ll: &LoadLimits, memory_cap: u64) -> Result<(), 
             Payload::CodeSectionEntry(body) => {
                 let size = body.range().len() as u64;
                 if size > ll.max_function_body_bytes as u64 {
-                    return Err(bad(format!("a function body is {size} bytes, the limit is {}", ll.max_function_body_bytes)));
+                    return Err(bad(format!(
+                        "a function body is {size} bytes, the limit is {}",
+                        ll.max_function_body_bytes
+                    )));
                 }
                 let mut locals = 0u64;
-                let mut rd = body.get_locals_reader().map_err(|e| bad(format!("malformed locals: {e}")))?;
+                let mut rd = body
+                    .get_locals_reader()
+                    .map_err(|e| bad(format!("malformed locals: {e}")))?;
                 for _ in 0..rd.get_count() {
-                    let (n, _) = rd.read().map_err(|e| bad(format!("malformed locals: {e}")))?;
+                    let (n, _) = rd
+                        .read()
+                        .map_err(|e| bad(format!("malformed locals: {e}")))?;
                     locals = locals.saturating_add(n as u64);
                     if locals > ll.max_locals as u64 {
-                        return Err(bad(format!("a function declares over {} locals", ll.max_locals)));
+                        return Err(bad(format!(
+                            "a function declares over {} locals",
+                            ll.max_locals
+                        )));
                     }
                 }
             }
@@ -326,18 +385,33 @@ fn check_declared(bytes: &[u8], ll: &LoadLimits, memory_cap: u64) -> Result<(), 
 }
 
 /// Gate, link and pre-instantiate (no guest code runs).
-fn prepare(engine: &wasmtime::Engine, component: &Component, grants: &Grants) -> Result<ComponentPack, SandboxError> {
+fn prepare(
+    engine: &wasmtime::Engine,
+    component: &Component,
+    grants: &Grants,
+) -> Result<ComponentPack, SandboxError> {
     let ty = component.component_type();
     let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
     let linked = wasi::classify_imports(imports.iter().map(String::as_str), grants)?;
-    HttpAllowlist::parse(&grants.outbound_hosts).map_err(|e| SandboxError::internal(format!("outbound host grant: {e}")))?;
-    let l = linker(engine, &linked).map_err(|e| SandboxError::internal(format!("component linker: {e:#}")))?;
-    let pre = l
-        .instantiate_pre(component)
-        .map_err(|e| SandboxError::invalid(format!("component does not match the node-pack world: {e:#}")))?;
-    let pre = bindings::NodePackPre::new(pre)
-        .map_err(|e| SandboxError::invalid(format!("component does not export openwop:node/node: {e:#}")))?;
-    Ok(ComponentPack { pre, imports, linked })
+    HttpAllowlist::parse(&grants.outbound_hosts)
+        .map_err(|e| SandboxError::internal(format!("outbound host grant: {e}")))?;
+    let l = linker(engine, &linked)
+        .map_err(|e| SandboxError::internal(format!("component linker: {e:#}")))?;
+    let pre = l.instantiate_pre(component).map_err(|e| {
+        SandboxError::invalid(format!(
+            "component does not match the node-pack world: {e:#}"
+        ))
+    })?;
+    let pre = bindings::NodePackPre::new(pre).map_err(|e| {
+        SandboxError::invalid(format!(
+            "component does not export openwop:node/node: {e:#}"
+        ))
+    })?;
+    Ok(ComponentPack {
+        pre,
+        imports,
+        linked,
+    })
 }
 
 pub(crate) fn invoke(
@@ -349,17 +423,23 @@ pub(crate) fn invoke(
     grants: &Grants,
 ) -> Result<InvokeOutcome, SandboxError> {
     if !pack.nodes.contains(&req.type_id) {
-        return Err(SandboxError::UnknownNode { pack: pack.name.clone(), type_id: req.type_id.clone() });
+        return Err(SandboxError::UnknownNode {
+            pack: pack.name.clone(),
+            type_id: req.type_id.clone(),
+        });
     }
     // A per-call grant must still cover every import; it can narrow the
     // load-time grant, never widen what was linked.
     if req.grants.is_some() {
         let linked = wasi::classify_imports(c.imports.iter().map(String::as_str), grants)?;
         if let Some(extra) = linked.difference(&c.linked).next() {
-            return Err(SandboxError::internal(format!("per-call grant needs {extra:?}, which was not linked at load")));
+            return Err(SandboxError::internal(format!(
+                "per-call grant needs {extra:?}, which was not linked at load"
+            )));
         }
     }
-    let allowlist = HttpAllowlist::parse(&grants.outbound_hosts).map_err(|e| SandboxError::internal(format!("outbound host grant: {e}")))?;
+    let allowlist = HttpAllowlist::parse(&grants.outbound_hosts)
+        .map_err(|e| SandboxError::internal(format!("outbound host grant: {e}")))?;
     let output_cap = usize::try_from(limits.max_output_bytes).unwrap_or(usize::MAX);
     let (ctx, captured) = wasi::build_ctx(grants, output_cap)?;
 
@@ -384,7 +464,9 @@ pub(crate) fn invoke(
     let call = run_with_deadline(limits, &budget, &mut store, |store| {
         Box::pin(async move {
             let inst = pre.instantiate_async(&mut *store).await?;
-            inst.openwop_node_node().call_invoke(&mut *store, type_id, &node_ctx, &input).await
+            inst.openwop_node_node()
+                .call_invoke(&mut *store, type_id, &node_ctx, &input)
+                .await
         })
     });
 
@@ -398,7 +480,8 @@ pub(crate) fn invoke(
                     limits.max_output_bytes
                 )));
             }
-            let v: Value = serde_json::from_str(&json).map_err(|e| SandboxError::abi(format!("output is not JSON: {e}")))?;
+            let v: Value = serde_json::from_str(&json)
+                .map_err(|e| SandboxError::abi(format!("output is not JSON: {e}")))?;
             GuestResult::Completed(v)
         }
         Ok(Err(e)) => GuestResult::Failed {
@@ -443,7 +526,8 @@ enum Stopped {
     Error(wasmtime::Error),
 }
 
-type GuestFuture<'a, R> = std::pin::Pin<Box<dyn std::future::Future<Output = wasmtime::Result<R>> + Send + 'a>>;
+type GuestFuture<'a, R> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = wasmtime::Result<R>> + Send + 'a>>;
 
 /// Run guest code (instantiation and calls) to completion on the calling
 /// thread, or abandon it at the wall-clock deadline.
@@ -479,7 +563,12 @@ fn run_with_deadline<'s, R>(
 
 /// Log a failed invocation with the guest's stderr (its last words are
 /// often the only explanation of a trap), then hand the error back.
-fn log_failure(pack: &LoadedPack, req: &InvokeRequest, captured: &CapturedOutput, e: SandboxError) -> SandboxError {
+fn log_failure(
+    pack: &LoadedPack,
+    req: &InvokeRequest,
+    captured: &CapturedOutput,
+    e: SandboxError,
+) -> SandboxError {
     let stderr = captured.stderr.contents();
     let head = String::from_utf8_lossy(&stderr[..stderr.len().min(1024)]);
     tracing::warn!(pack = %pack.name, node = %req.type_id, code = e.code(), error = %e, stderr = %head, "component invocation failed");

@@ -76,7 +76,10 @@ impl HostIo {
     /// Deterministic bytes per (runId, nodeId, attempt): SHA-256 in counter mode.
     fn fill_random(&mut self, out: &mut [u8]) {
         for chunk in out.chunks_mut(32) {
-            let block = Sha256::new().chain_update(self.seed).chain_update(self.counter.to_le_bytes()).finalize();
+            let block = Sha256::new()
+                .chain_update(self.seed)
+                .chain_update(self.counter.to_le_bytes())
+                .finalize();
             self.counter += 1;
             chunk.copy_from_slice(&block[..chunk.len()]);
         }
@@ -123,7 +126,9 @@ fn violation(msg: impl std::fmt::Display) -> wasmtime::Error {
 fn memory(caller: &mut Caller<'_, HostState>) -> Res<Memory> {
     match caller.get_export("memory") {
         Some(Extern::Memory(m)) => Ok(m),
-        _ => Err(violation("the module calls a host function but exports no `memory`")),
+        _ => Err(violation(
+            "the module calls a host function but exports no `memory`",
+        )),
     }
 }
 
@@ -135,15 +140,27 @@ pub(crate) fn guest_range(data_len: usize, ptr: u32, len: u32) -> Option<std::op
 }
 
 /// Copy `(ptr, len)` out of guest memory, refusing lengths over `cap`.
-fn read_guest(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32, cap: usize, what: &str) -> Res<Vec<u8>> {
+fn read_guest(
+    caller: &mut Caller<'_, HostState>,
+    ptr: i32,
+    len: i32,
+    cap: usize,
+    what: &str,
+) -> Res<Vec<u8>> {
     let (ptr, len) = (ptr as u32, len as u32);
     if len as usize > cap {
-        return Err(violation(format!("{what}: {len} bytes exceeds the cap of {cap}")));
+        return Err(violation(format!(
+            "{what}: {len} bytes exceeds the cap of {cap}"
+        )));
     }
     let mem = memory(caller)?;
     let data = mem.data(&*caller);
-    let r = guest_range(data.len(), ptr, len)
-        .ok_or_else(|| violation(format!("{what}: ({ptr}, {len}) is outside guest memory ({} bytes)", data.len())))?;
+    let r = guest_range(data.len(), ptr, len).ok_or_else(|| {
+        violation(format!(
+            "{what}: ({ptr}, {len}) is outside guest memory ({} bytes)",
+            data.len()
+        ))
+    })?;
     Ok(data[r].to_vec())
 }
 
@@ -153,15 +170,20 @@ fn write_guest(caller: &mut Caller<'_, HostState>, bytes: &[u8]) -> Res<(u32, u3
         return Ok((0, 0));
     }
     let alloc = match caller.get_export("openwop_alloc") {
-        Some(Extern::Func(f)) => f.typed::<i32, i32>(&*caller).map_err(|_| violation("`openwop_alloc` must be (i32) -> i32"))?,
+        Some(Extern::Func(f)) => f
+            .typed::<i32, i32>(&*caller)
+            .map_err(|_| violation("`openwop_alloc` must be (i32) -> i32"))?,
         _ => return Err(violation("the module exports no `openwop_alloc`")),
     };
     let len = u32::try_from(bytes.len()).map_err(|_| violation("value too large"))?;
     let ptr = alloc.call(&mut *caller, len as i32)? as u32;
     let mem = memory(caller)?;
     let data = mem.data_mut(&mut *caller);
-    let r = guest_range(data.len(), ptr, len)
-        .ok_or_else(|| violation(format!("openwop_alloc({len}) returned {ptr}, outside guest memory")))?;
+    let r = guest_range(data.len(), ptr, len).ok_or_else(|| {
+        violation(format!(
+            "openwop_alloc({len}) returned {ptr}, outside guest memory"
+        ))
+    })?;
     data[r].copy_from_slice(bytes);
     Ok((ptr, len))
 }
@@ -184,15 +206,22 @@ fn host_log(mut caller: Caller<'_, HostState>, level: i32, ptr: i32, len: i32) -
     let cap = caller.data().max_log_message_bytes;
     let mem = memory(&mut caller)?;
     let data = mem.data(&caller);
-    let r = guest_range(data.len(), p, l)
-        .ok_or_else(|| violation(format!("openwop_log: ({p}, {l}) is outside guest memory ({} bytes)", data.len())))?;
+    let r = guest_range(data.len(), p, l).ok_or_else(|| {
+        violation(format!(
+            "openwop_log: ({p}, {l}) is outside guest memory ({} bytes)",
+            data.len()
+        ))
+    })?;
     let bytes = &data[r.start..r.end.min(r.start + cap)];
     let message = String::from_utf8_lossy(bytes).into_owned();
     let st = caller.data_mut();
     if st.logs.len() >= st.max_log_entries {
         st.logs_dropped += 1;
     } else {
-        st.logs.push(LogEntry { level: LogLevel::from_i32(level), message });
+        st.logs.push(LogEntry {
+            level: LogLevel::from_i32(level),
+            message,
+        });
     }
     Ok(())
 }
@@ -201,7 +230,10 @@ fn host_now_ms(mut caller: Caller<'_, HostState>) -> i64 {
     if let Some(t) = caller.data().io.as_ref().and_then(|io| io.now_ms) {
         return t;
     }
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
     // Replay determinism within one invocation: the first answer sticks.
     io(&mut caller).now_ms = Some(t);
     t
@@ -210,13 +242,16 @@ fn host_now_ms(mut caller: Caller<'_, HostState>) -> i64 {
 fn host_random(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> Res<()> {
     let (p, l) = (ptr as u32, len as u32);
     if l as usize > MAX_RANDOM_BYTES {
-        return Err(violation(format!("openwop_random: {l} bytes exceeds the cap of {MAX_RANDOM_BYTES}")));
+        return Err(violation(format!(
+            "openwop_random: {l} bytes exceeds the cap of {MAX_RANDOM_BYTES}"
+        )));
     }
     let mut buf = vec![0u8; l as usize];
     io(&mut caller).fill_random(&mut buf);
     let mem = memory(&mut caller)?;
     let data = mem.data_mut(&mut caller);
-    let r = guest_range(data.len(), p, l).ok_or_else(|| violation("openwop_random: buffer outside guest memory"))?;
+    let r = guest_range(data.len(), p, l)
+        .ok_or_else(|| violation("openwop_random: buffer outside guest memory"))?;
     data[r].copy_from_slice(&buf);
     Ok(())
 }
@@ -226,7 +261,12 @@ enum Store2 {
     Variables,
 }
 
-fn host_read(mut caller: Caller<'_, HostState>, which: Store2, ptr: i32, len: i32) -> Res<(u32, u32)> {
+fn host_read(
+    mut caller: Caller<'_, HostState>,
+    which: Store2,
+    ptr: i32,
+    len: i32,
+) -> Res<(u32, u32)> {
     let name = read_name(&mut caller, ptr, len)?;
     let io = io(&mut caller);
     let map = match which {
@@ -242,7 +282,14 @@ fn host_read(mut caller: Caller<'_, HostState>, which: Store2, ptr: i32, len: i3
     }
 }
 
-fn host_write(mut caller: Caller<'_, HostState>, which: Store2, np: i32, nl: i32, vp: i32, vl: i32) -> Res<i32> {
+fn host_write(
+    mut caller: Caller<'_, HostState>,
+    which: Store2,
+    np: i32,
+    nl: i32,
+    vp: i32,
+    vl: i32,
+) -> Res<i32> {
     let name = read_name(&mut caller, np, nl)?;
     let cap = caller.data().max_output_bytes as usize;
     let raw = read_guest(&mut caller, vp, vl, cap, "value")?;
@@ -280,30 +327,40 @@ fn host_interrupt(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> Res<
         let bytes = serde_json::to_vec(&v).map_err(violation)?;
         return write_guest(&mut caller, &bytes);
     }
-    let payload: Value = serde_json::from_slice(&raw).map_err(|e| violation(format!("interrupt payload is not JSON: {e}")))?;
+    let payload: Value = serde_json::from_slice(&raw)
+        .map_err(|e| violation(format!("interrupt payload is not JSON: {e}")))?;
     Err(wasmtime::Error::new(Suspend(payload)))
 }
 
 macro_rules! wrap_pair {
     ($linker:expr, $name:expr, $enc:expr, |$c:ident, $a:ident, $b:ident| $body:expr) => {
         match $enc {
-            PairEncoding::Packed => $linker.func_wrap("openwop", $name, move |$c: Caller<'_, HostState>, $a: i32, $b: i32| -> Res<i64> {
-                let (p, l) = $body?;
-                Ok(pack_pair(p, l))
-            }),
-            PairEncoding::MultiValue => {
-                $linker.func_wrap("openwop", $name, move |$c: Caller<'_, HostState>, $a: i32, $b: i32| -> Res<(i32, i32)> {
+            PairEncoding::Packed => $linker.func_wrap(
+                "openwop",
+                $name,
+                move |$c: Caller<'_, HostState>, $a: i32, $b: i32| -> Res<i64> {
+                    let (p, l) = $body?;
+                    Ok(pack_pair(p, l))
+                },
+            ),
+            PairEncoding::MultiValue => $linker.func_wrap(
+                "openwop",
+                $name,
+                move |$c: Caller<'_, HostState>, $a: i32, $b: i32| -> Res<(i32, i32)> {
                     let (p, l) = $body?;
                     Ok((p as i32, l as i32))
-                })
-            }
+                },
+            ),
         }
     };
 }
 
 /// Define every gated import in `linker` (all but `env.memory`, which is
 /// per-Store). Returns whether the module imports `env.memory`.
-pub(crate) fn define_imports(linker: &mut Linker<HostState>, imports: &[GatedImport]) -> Result<bool, SandboxError> {
+pub(crate) fn define_imports(
+    linker: &mut Linker<HostState>,
+    imports: &[GatedImport],
+) -> Result<bool, SandboxError> {
     let mut env_memory = false;
     for imp in imports {
         let name = imp.name.as_str();
@@ -318,28 +375,48 @@ pub(crate) fn define_imports(linker: &mut Linker<HostState>, imports: &[GatedImp
                     Baseline::Log => linker.func_wrap("openwop", name, host_log),
                     Baseline::NowMs => linker.func_wrap("openwop", name, host_now_ms),
                     Baseline::Random => linker.func_wrap("openwop", name, host_random),
-                    Baseline::ChannelRead => wrap_pair!(linker, name, enc, |c, p, l| host_read(c, Store2::Channels, p, l)),
-                    Baseline::VariableGet => wrap_pair!(linker, name, enc, |c, p, l| host_read(c, Store2::Variables, p, l)),
-                    Baseline::Interrupt => wrap_pair!(linker, name, enc, |c, p, l| host_interrupt(c, p, l)),
+                    Baseline::ChannelRead => wrap_pair!(linker, name, enc, |c, p, l| host_read(
+                        c,
+                        Store2::Channels,
+                        p,
+                        l
+                    )),
+                    Baseline::VariableGet => wrap_pair!(linker, name, enc, |c, p, l| host_read(
+                        c,
+                        Store2::Variables,
+                        p,
+                        l
+                    )),
+                    Baseline::Interrupt => {
+                        wrap_pair!(linker, name, enc, |c, p, l| host_interrupt(c, p, l))
+                    }
                     Baseline::ChannelWrite => linker.func_wrap(
                         "openwop",
                         name,
-                        |c: Caller<'_, HostState>, np: i32, nl: i32, vp: i32, vl: i32| host_write(c, Store2::Channels, np, nl, vp, vl),
+                        |c: Caller<'_, HostState>, np: i32, nl: i32, vp: i32, vl: i32| {
+                            host_write(c, Store2::Channels, np, nl, vp, vl)
+                        },
                     ),
                     Baseline::VariableSet => linker.func_wrap(
                         "openwop",
                         name,
-                        |c: Caller<'_, HostState>, np: i32, nl: i32, vp: i32, vl: i32| host_write(c, Store2::Variables, np, nl, vp, vl),
+                        |c: Caller<'_, HostState>, np: i32, nl: i32, vp: i32, vl: i32| {
+                            host_write(c, Store2::Variables, np, nl, vp, vl)
+                        },
                     ),
                 }
             }
             ImportUse::Capability(cap) => {
                 let ExternType::Func(fty) = &imp.ty else {
-                    return Err(SandboxError::invalid(format!("capability import `openwop.{cap}` is not a function")));
+                    return Err(SandboxError::invalid(format!(
+                        "capability import `openwop.{cap}` is not a function"
+                    )));
                 };
                 let params: Vec<ValType> = fty.params().collect();
                 let results: Vec<ValType> = fty.results().collect();
-                if matches!(params.as_slice(), [ValType::I32]) && matches!(results.as_slice(), [ValType::I32]) {
+                if matches!(params.as_slice(), [ValType::I32])
+                    && matches!(results.as_slice(), [ValType::I32])
+                {
                     // The RFC 0035 probe stub: a granted capability echoes its argument.
                     linker.func_wrap("openwop", name, |x: i32| x)
                 } else {
@@ -352,12 +429,16 @@ pub(crate) fn define_imports(linker: &mut Linker<HostState>, imports: &[GatedImp
                 }
             }
         };
-        r.map_err(|e| SandboxError::internal(format!("linking `{}.{}`: {e:#}", imp.module, imp.name)))?;
+        r.map_err(|e| {
+            SandboxError::internal(format!("linking `{}.{}`: {e:#}", imp.module, imp.name))
+        })?;
     }
     Ok(env_memory)
 }
 
 /// Does any import need [`HostIo`]?
 pub(crate) fn needs_io(imports: &[GatedImport]) -> bool {
-    imports.iter().any(|i| matches!(i.use_, ImportUse::Baseline(b, _) if b != Baseline::Log))
+    imports
+        .iter()
+        .any(|i| matches!(i.use_, ImportUse::Baseline(b, _) if b != Baseline::Log))
 }

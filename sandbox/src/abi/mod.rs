@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::engine::SandboxEngine;
 use crate::error::SandboxError;
-use crate::limits::{LoadLimits, Limits};
+use crate::limits::{Limits, LoadLimits};
 use crate::{InvokeOutcome, InvokeRequest, LoadOptions, LoadedPack, PackFormat};
 
 /// What one format's loader hands back.
@@ -60,7 +60,11 @@ pub(crate) fn load(
 
 /// Invoke dispatch: the one place that matches on the pack kind at invoke.
 /// Runs guest code on the calling (blocking) thread.
-pub(crate) fn invoke(engine: &SandboxEngine, pack: &LoadedPack, req: &InvokeRequest) -> Result<InvokeOutcome, SandboxError> {
+pub(crate) fn invoke(
+    engine: &SandboxEngine,
+    pack: &LoadedPack,
+    req: &InvokeRequest,
+) -> Result<InvokeOutcome, SandboxError> {
     let limits = req.limits.as_ref().unwrap_or(&pack.limits);
     let grants = req.grants.as_ref().unwrap_or(&pack.grants);
     match &pack.kind {

@@ -11,16 +11,20 @@
 //!   minimum, `maximum` = ceil(memory cap / 64 KiB).
 //! * Input: a JSON integer (or null = 0). Output: `Completed(<i32>)`.
 
-use wasmtime::{Extern, InstancePre, Linker, Memory, MemoryType, Module, ModuleExport, Store, ValType};
+use wasmtime::{
+    Extern, InstancePre, Linker, Memory, MemoryType, Module, ModuleExport, Store, ValType,
+};
 
 use crate::abi::host::{define_imports, HostState};
 use crate::abi::{Loaded, PackKind};
 use crate::engine::SandboxEngine;
 use crate::error::SandboxError;
 use crate::grants::Grants;
-use crate::limits::{classify, prepare_store, LoadLimits, Limits};
+use crate::limits::{classify, prepare_store, Limits, LoadLimits};
 use crate::load::{check_capabilities, check_declared, gate_imports, GatedImport, ImportUse};
-use crate::{GuestResult, InvokeOutcome, InvokeRequest, LoadOptions, LoadedPack, Metrics, PackFormat};
+use crate::{
+    GuestResult, InvokeOutcome, InvokeRequest, LoadOptions, LoadedPack, Metrics, PackFormat,
+};
 
 /// A compiled probe module.
 pub struct ProbePack {
@@ -33,7 +37,13 @@ pub struct ProbePack {
     exports: Vec<(String, ModuleExport, bool)>,
 }
 
-pub(crate) fn load(engine: &SandboxEngine, ll: &LoadLimits, bytes: &[u8], opts: &LoadOptions, limits: &Limits) -> Result<Loaded, SandboxError> {
+pub(crate) fn load(
+    engine: &SandboxEngine,
+    ll: &LoadLimits,
+    bytes: &[u8],
+    opts: &LoadOptions,
+    limits: &Limits,
+) -> Result<Loaded, SandboxError> {
     check_declared(bytes, ll, &engine.config().pool, limits.memory_bytes)?;
     let (module, cache) = engine.module(bytes)?;
     let imports = gate_imports(&module, PackFormat::Probe, None)?;
@@ -46,7 +56,11 @@ pub(crate) fn load(engine: &SandboxEngine, ll: &LoadLimits, bytes: &[u8], opts: 
     let pre = if env_memory {
         None
     } else {
-        Some(linker.instantiate_pre(&module).map_err(|e| SandboxError::invalid(format!("{e:#}")))?)
+        Some(
+            linker
+                .instantiate_pre(&module)
+                .map_err(|e| SandboxError::invalid(format!("{e:#}")))?,
+        )
     };
     let mut exports = Vec::new();
     for e in module.exports() {
@@ -67,7 +81,9 @@ pub(crate) fn load(engine: &SandboxEngine, ll: &LoadLimits, bytes: &[u8], opts: 
         }
     }
     if exports.is_empty() {
-        return Err(SandboxError::invalid("probe module exports no `(i32) -> i32` or `() -> i32` function"));
+        return Err(SandboxError::invalid(
+            "probe module exports no `(i32) -> i32` or `() -> i32` function",
+        ));
     }
     let name = opts.name.clone().unwrap_or_else(|| "probe".to_string());
     let nodes = exports.iter().map(|(n, _, _)| n.clone()).collect();
@@ -76,7 +92,14 @@ pub(crate) fn load(engine: &SandboxEngine, ll: &LoadLimits, bytes: &[u8], opts: 
         nodes,
         abi_version: None,
         cache,
-        kind: PackKind::Probe(ProbePack { module, imports, linker, pre, env_memory: env_memory_ty, exports }),
+        kind: PackKind::Probe(ProbePack {
+            module,
+            imports,
+            linker,
+            pre,
+            env_memory: env_memory_ty,
+            exports,
+        }),
     })
 }
 
@@ -89,13 +112,19 @@ pub(crate) fn invoke(
     grants: &Grants,
 ) -> Result<InvokeOutcome, SandboxError> {
     let Some((_, export, unary)) = p.exports.iter().find(|(n, _, _)| *n == req.type_id) else {
-        return Err(SandboxError::UnknownNode { pack: pack.name.clone(), type_id: req.type_id.clone() });
+        return Err(SandboxError::UnknownNode {
+            pack: pack.name.clone(),
+            type_id: req.type_id.clone(),
+        });
     };
     // Capability gate for this invocation's grants: before instantiation.
     check_capabilities(&p.imports, grants)?;
     let arg = match &req.input {
         serde_json::Value::Null => 0,
-        v => v.as_i64().ok_or_else(|| SandboxError::abi("probe input must be an integer"))? as i32,
+        v => v
+            .as_i64()
+            .ok_or_else(|| SandboxError::abi("probe input must be an integer"))?
+            as i32,
     };
 
     let mut store = Store::new(engine.engine(), HostState::new(limits, None));
@@ -108,7 +137,9 @@ pub(crate) fn invoke(
             // not type-check). A minimum over the cap fails in the limiter.
             let (min, declared_max) = p.env_memory.unwrap_or((1, None));
             let min = min.max(1);
-            let max = declared_max.map_or(limits.memory_pages(), |d| d.min(limits.memory_pages())).max(min);
+            let max = declared_max
+                .map_or(limits.memory_pages(), |d| d.min(limits.memory_pages()))
+                .max(min);
             let mem = Memory::new(&mut store, MemoryType::new(min as u32, Some(max as u32)))?;
             let mut linker = p.linker.clone();
             linker.define(&store, "env", "memory", mem)?;
@@ -121,9 +152,11 @@ pub(crate) fn invoke(
         return Err(SandboxError::internal("probe export vanished"));
     };
     let r = if *unary {
-        f.typed::<i32, i32>(&store).and_then(|t| t.call(&mut store, arg))
+        f.typed::<i32, i32>(&store)
+            .and_then(|t| t.call(&mut store, arg))
     } else {
-        f.typed::<(), i32>(&store).and_then(|t| t.call(&mut store, ()))
+        f.typed::<(), i32>(&store)
+            .and_then(|t| t.call(&mut store, ()))
     };
     let v = r.map_err(|e| classify(e, &store.data().limiter, &budget))?;
 

@@ -17,16 +17,25 @@
 
 use serde::Serialize;
 use serde_json::Value;
-use wasmtime::{Extern, Func, InstancePre, Linker, Memory, Module, ModuleExport, Store, TypedFunc, ValType, WasmParams};
+use wasmtime::{
+    Extern, Func, InstancePre, Linker, Memory, Module, ModuleExport, Store, TypedFunc, ValType,
+    WasmParams,
+};
 
 use crate::abi::host::{define_imports, guest_range, needs_io, HostIo, HostState, Suspend};
 use crate::abi::{Loaded, PackKind};
 use crate::engine::SandboxEngine;
 use crate::error::SandboxError;
 use crate::grants::Grants;
-use crate::limits::{classify, prepare_store, Budget, LoadLimits, Limits};
-use crate::load::{check_capabilities, check_declared, gate_imports, pair_encoding, GatedImport, ImportUse, PairEncoding};
-use crate::{GuestResult, InvokeOutcome, InvokeRequest, LoadOptions, LoadedPack, Metrics, NodeContext, PackFormat, SUPPORTED_ABI_VERSIONS};
+use crate::limits::{classify, prepare_store, Budget, Limits, LoadLimits};
+use crate::load::{
+    check_capabilities, check_declared, gate_imports, pair_encoding, GatedImport, ImportUse,
+    PairEncoding,
+};
+use crate::{
+    GuestResult, InvokeOutcome, InvokeRequest, LoadOptions, LoadedPack, Metrics, NodeContext,
+    PackFormat, SUPPORTED_ABI_VERSIONS,
+};
 
 /// Longest pack name / typeId accepted.
 const MAX_ID_BYTES: u32 = 1024;
@@ -44,24 +53,37 @@ pub struct CorePack {
     invoke_enc: PairEncoding,
 }
 
-fn export_fn(module: &Module, name: &str, params: &[ValType], results: Option<&[ValType]>) -> Result<ModuleExport, SandboxError> {
+fn export_fn(
+    module: &Module,
+    name: &str,
+    params: &[ValType],
+    results: Option<&[ValType]>,
+) -> Result<ModuleExport, SandboxError> {
     let ty = module
         .get_export(name)
         .ok_or_else(|| SandboxError::abi(format!("missing required export `{name}`")))?;
     let wasmtime::ExternType::Func(f) = ty else {
-        return Err(SandboxError::abi(format!("export `{name}` is not a function")));
+        return Err(SandboxError::abi(format!(
+            "export `{name}` is not a function"
+        )));
     };
     let p: Vec<ValType> = f.params().collect();
     let r: Vec<ValType> = f.results().collect();
-    let same = |a: &[ValType], b: &[ValType]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| ValType::eq(x, y));
+    let same = |a: &[ValType], b: &[ValType]| {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| ValType::eq(x, y))
+    };
     let results_ok = match results {
         Some(want) => same(&r, want),
         None => pair_encoding(&f).is_some(),
     };
     if !same(&p, params) || !results_ok {
-        return Err(SandboxError::abi(format!("export `{name}` has the wrong type {f}")));
+        return Err(SandboxError::abi(format!(
+            "export `{name}` has the wrong type {f}"
+        )));
     }
-    module.get_export_index(name).ok_or_else(|| SandboxError::abi(format!("missing required export `{name}`")))
+    module
+        .get_export_index(name)
+        .ok_or_else(|| SandboxError::abi(format!("missing required export `{name}`")))
 }
 
 fn enc_of(module: &Module, name: &str) -> PairEncoding {
@@ -71,14 +93,23 @@ fn enc_of(module: &Module, name: &str) -> PairEncoding {
     }
 }
 
-fn func(store: &mut Store<HostState>, inst: &wasmtime::Instance, e: &ModuleExport) -> Result<Func, SandboxError> {
+fn func(
+    store: &mut Store<HostState>,
+    inst: &wasmtime::Instance,
+    e: &ModuleExport,
+) -> Result<Func, SandboxError> {
     match inst.get_module_export(&mut *store, e) {
         Some(Extern::Func(f)) => Ok(f),
         _ => Err(SandboxError::internal("export vanished")),
     }
 }
 
-fn call_pair<P: WasmParams>(store: &mut Store<HostState>, f: &Func, enc: PairEncoding, args: P) -> wasmtime::Result<(u32, u32)> {
+fn call_pair<P: WasmParams>(
+    store: &mut Store<HostState>,
+    f: &Func,
+    enc: PairEncoding,
+    args: P,
+) -> wasmtime::Result<(u32, u32)> {
     match enc {
         PairEncoding::Packed => {
             let v = f.typed::<P, i64>(&*store)?.call(&mut *store, args)? as u64;
@@ -91,17 +122,35 @@ fn call_pair<P: WasmParams>(store: &mut Store<HostState>, f: &Func, enc: PairEnc
     }
 }
 
-fn read_out(store: &Store<HostState>, mem: &Memory, ptr: u32, len: u32, cap: u64, what: &str) -> Result<Vec<u8>, SandboxError> {
+fn read_out(
+    store: &Store<HostState>,
+    mem: &Memory,
+    ptr: u32,
+    len: u32,
+    cap: u64,
+    what: &str,
+) -> Result<Vec<u8>, SandboxError> {
     if len as u64 > cap {
-        return Err(SandboxError::abi(format!("{what} is {len} bytes, over the cap of {cap}")));
+        return Err(SandboxError::abi(format!(
+            "{what} is {len} bytes, over the cap of {cap}"
+        )));
     }
     let data = mem.data(store);
-    let r = guest_range(data.len(), ptr, len)
-        .ok_or_else(|| SandboxError::abi(format!("{what}: ({ptr}, {len}) is outside guest memory ({} bytes)", data.len())))?;
+    let r = guest_range(data.len(), ptr, len).ok_or_else(|| {
+        SandboxError::abi(format!(
+            "{what}: ({ptr}, {len}) is outside guest memory ({} bytes)",
+            data.len()
+        ))
+    })?;
     Ok(data[r].to_vec())
 }
 
-fn read_id(store: &Store<HostState>, mem: &Memory, (ptr, len): (u32, u32), what: &str) -> Result<String, SandboxError> {
+fn read_id(
+    store: &Store<HostState>,
+    mem: &Memory,
+    (ptr, len): (u32, u32),
+    what: &str,
+) -> Result<String, SandboxError> {
     let b = read_out(store, mem, ptr, len, MAX_ID_BYTES as u64, what)?;
     let s = String::from_utf8(b).map_err(|_| SandboxError::abi(format!("{what} is not UTF-8")))?;
     if s.is_empty() {
@@ -110,18 +159,29 @@ fn read_id(store: &Store<HostState>, mem: &Memory, (ptr, len): (u32, u32), what:
     Ok(s)
 }
 
-pub(crate) fn load(engine: &SandboxEngine, ll: &LoadLimits, bytes: &[u8], opts: &LoadOptions, limits: &Limits) -> Result<Loaded, SandboxError> {
+pub(crate) fn load(
+    engine: &SandboxEngine,
+    ll: &LoadLimits,
+    bytes: &[u8],
+    opts: &LoadOptions,
+    limits: &Limits,
+) -> Result<Loaded, SandboxError> {
     check_declared(bytes, ll, &engine.config().pool, limits.memory_bytes)?;
     let (module, cache) = engine.module(bytes)?;
     let imports = gate_imports(&module, PackFormat::CoreModule, Some(&opts.grants))?;
     let mut linker = Linker::new(engine.engine());
     define_imports(&mut linker, &imports)?;
-    let pre = linker.instantiate_pre(&module).map_err(|e| SandboxError::invalid(format!("{e:#}")))?;
+    let pre = linker
+        .instantiate_pre(&module)
+        .map_err(|e| SandboxError::invalid(format!("{e:#}")))?;
 
     // Manifest hint first (no guest code needed to refuse it).
     if let Some(v) = opts.manifest_abi_version {
         if !SUPPORTED_ABI_VERSIONS.iter().any(|s| *s as i64 == v) {
-            return Err(SandboxError::UnsupportedAbiVersion { found: v, supported: SUPPORTED_ABI_VERSIONS.to_vec() });
+            return Err(SandboxError::UnsupportedAbiVersion {
+                found: v,
+                supported: SUPPORTED_ABI_VERSIONS.to_vec(),
+            });
         }
     }
     let abi_version = export_fn(&module, "openwop_abi_version", &[], Some(&[ValType::I32]))?;
@@ -132,8 +192,12 @@ pub(crate) fn load(engine: &SandboxEngine, ll: &LoadLimits, bytes: &[u8], opts: 
     let io = needs_io(&imports).then(|| Box::new(HostIo::from_context(&NodeContext::default())));
     let mut store = Store::new(engine.engine(), HostState::new(&hs, io));
     let budget = prepare_store(&mut store, &hs, engine.epoch_tick());
-    let fail = |store: &Store<HostState>, budget: &Budget, e: wasmtime::Error| classify(e, &store.data().limiter, budget);
-    let inst = pre.instantiate(&mut store).map_err(|e| fail(&store, &budget, e))?;
+    let fail = |store: &Store<HostState>, budget: &Budget, e: wasmtime::Error| {
+        classify(e, &store.data().limiter, budget)
+    };
+    let inst = pre
+        .instantiate(&mut store)
+        .map_err(|e| fail(&store, &budget, e))?;
 
     // 1. The ABI version, before any other export is touched.
     let f = func(&mut store, &inst, &abi_version)?;
@@ -141,12 +205,20 @@ pub(crate) fn load(engine: &SandboxEngine, ll: &LoadLimits, bytes: &[u8], opts: 
         .typed::<(), i32>(&store)
         .and_then(|t| t.call(&mut store, ()))
         .map_err(|e| fail(&store, &budget, e))?;
-    if !SUPPORTED_ABI_VERSIONS.iter().any(|s| *s as i64 == version as i64) {
-        return Err(SandboxError::UnsupportedAbiVersion { found: version as i64, supported: SUPPORTED_ABI_VERSIONS.to_vec() });
+    if !SUPPORTED_ABI_VERSIONS
+        .iter()
+        .any(|s| *s as i64 == version as i64)
+    {
+        return Err(SandboxError::UnsupportedAbiVersion {
+            found: version as i64,
+            supported: SUPPORTED_ABI_VERSIONS.to_vec(),
+        });
     }
     if let Some(v) = opts.manifest_abi_version {
         if v != version as i64 {
-            return Err(SandboxError::abi(format!("manifest says abiVersion {v}, the module says {version}")));
+            return Err(SandboxError::abi(format!(
+                "manifest says abiVersion {v}, the module says {version}"
+            )));
         }
     }
 
@@ -160,7 +232,9 @@ pub(crate) fn load(engine: &SandboxEngine, ll: &LoadLimits, bytes: &[u8], opts: 
     let free = export_fn(&module, "openwop_free", &[I32, I32], Some(&[]))?;
     let node_invoke = export_fn(&module, "openwop_node_invoke", &[I32, I32, I32], None)?;
     let memory = match module.get_export("memory") {
-        Some(wasmtime::ExternType::Memory(_)) => module.get_export_index("memory").expect("export exists"),
+        Some(wasmtime::ExternType::Memory(_)) => {
+            module.get_export_index("memory").expect("export exists")
+        }
         _ => return Err(SandboxError::abi("missing required export `memory`")),
     };
     let Some(Extern::Memory(mem)) = inst.get_module_export(&mut store, &memory) else {
@@ -169,11 +243,14 @@ pub(crate) fn load(engine: &SandboxEngine, ll: &LoadLimits, bytes: &[u8], opts: 
 
     // 3. Pack name and node typeIds.
     let f = func(&mut store, &inst, &pack_name)?;
-    let pair = call_pair(&mut store, &f, enc_of(&module, "openwop_pack_name"), ()).map_err(|e| fail(&store, &budget, e))?;
+    let pair = call_pair(&mut store, &f, enc_of(&module, "openwop_pack_name"), ())
+        .map_err(|e| fail(&store, &budget, e))?;
     let name = read_id(&store, &mem, pair, "openwop_pack_name()")?;
     if let Some(want) = &opts.name {
         if *want != name {
-            return Err(SandboxError::abi(format!("the manifest names the pack `{want}` but the module says `{name}`")));
+            return Err(SandboxError::abi(format!(
+                "the manifest names the pack `{want}` but the module says `{name}`"
+            )));
         }
     }
     let f = func(&mut store, &inst, &node_count)?;
@@ -182,7 +259,10 @@ pub(crate) fn load(engine: &SandboxEngine, ll: &LoadLimits, bytes: &[u8], opts: 
         .and_then(|t| t.call(&mut store, ()))
         .map_err(|e| fail(&store, &budget, e))?;
     if count < 0 || count as u32 > ll.max_nodes {
-        return Err(SandboxError::abi(format!("openwop_node_count() = {count}, must be 0..={}", ll.max_nodes)));
+        return Err(SandboxError::abi(format!(
+            "openwop_node_count() = {count}, must be 0..={}",
+            ll.max_nodes
+        )));
     }
     let f = func(&mut store, &inst, &node_id_at)?;
     let enc = enc_of(&module, "openwop_node_id_at");
@@ -191,18 +271,33 @@ pub(crate) fn load(engine: &SandboxEngine, ll: &LoadLimits, bytes: &[u8], opts: 
         let pair = call_pair(&mut store, &f, enc, i).map_err(|e| fail(&store, &budget, e))?;
         let id = read_id(&store, &mem, pair, &format!("openwop_node_id_at({i})"))?;
         if nodes.contains(&id) {
-            return Err(SandboxError::abi(format!("node typeId `{id}` is listed twice")));
+            return Err(SandboxError::abi(format!(
+                "node typeId `{id}` is listed twice"
+            )));
         }
         nodes.push(id);
     }
     let invoke_enc = enc_of(&module, "openwop_node_invoke");
-    let capabilities = imports.iter().filter(|i| matches!(i.use_, ImportUse::Capability(_))).cloned().collect();
+    let capabilities = imports
+        .iter()
+        .filter(|i| matches!(i.use_, ImportUse::Capability(_)))
+        .cloned()
+        .collect();
     Ok(Loaded {
         name,
         nodes,
         abi_version: Some(version as u32),
         cache,
-        kind: PackKind::Core(CorePack { pre, capabilities, needs_io: needs_io(&imports), memory, alloc, free, node_invoke, invoke_enc }),
+        kind: PackKind::Core(CorePack {
+            pre,
+            capabilities,
+            needs_io: needs_io(&imports),
+            memory,
+            alloc,
+            free,
+            node_invoke,
+            invoke_enc,
+        }),
     })
 }
 
@@ -229,12 +324,21 @@ pub(crate) fn invoke(
         check_capabilities(&c.capabilities, grants)?;
     }
     let Some(index) = pack.nodes.iter().position(|n| *n == req.type_id) else {
-        return Err(SandboxError::UnknownNode { pack: pack.name.clone(), type_id: req.type_id.clone() });
+        return Err(SandboxError::UnknownNode {
+            pack: pack.name.clone(),
+            type_id: req.type_id.clone(),
+        });
     };
-    let request = serde_json::to_vec(&Request { abi_version: 1, node_context: &req.context, inputs: &req.input })
-        .map_err(SandboxError::internal)?;
+    let request = serde_json::to_vec(&Request {
+        abi_version: 1,
+        node_context: &req.context,
+        inputs: &req.input,
+    })
+    .map_err(SandboxError::internal)?;
 
-    let io = c.needs_io.then(|| Box::new(HostIo::from_context(&req.context)));
+    let io = c
+        .needs_io
+        .then(|| Box::new(HostIo::from_context(&req.context)));
     let mut store = Store::new(engine.engine(), HostState::new(limits, io));
     let budget = prepare_store(&mut store, limits, engine.epoch_tick());
 
@@ -247,17 +351,33 @@ pub(crate) fn invoke(
         let free: TypedFunc<(i32, i32), ()> = func(&mut store, &inst, &c.free)?.typed(&store)?;
         let node_invoke = func(&mut store, &inst, &c.node_invoke)?;
 
-        let len = u32::try_from(request.len()).map_err(|_| SandboxError::abi("request too large"))?;
+        let len =
+            u32::try_from(request.len()).map_err(|_| SandboxError::abi("request too large"))?;
         let ptr = alloc.call(&mut store, len as i32)? as u32;
         {
             let data = mem.data_mut(&mut store);
             let r = guest_range(data.len(), ptr, len).ok_or_else(|| {
-                SandboxError::abi(format!("openwop_alloc({len}) returned {ptr}, outside guest memory ({} bytes)", data.len()))
+                SandboxError::abi(format!(
+                    "openwop_alloc({len}) returned {ptr}, outside guest memory ({} bytes)",
+                    data.len()
+                ))
             })?;
             data[r].copy_from_slice(&request);
         }
-        let (rptr, rlen) = call_pair(&mut store, &node_invoke, c.invoke_enc, (index as i32, ptr as i32, len as i32))?;
-        let response = read_out(&store, &mem, rptr, rlen, limits.max_output_bytes, "openwop_node_invoke response")?;
+        let (rptr, rlen) = call_pair(
+            &mut store,
+            &node_invoke,
+            c.invoke_enc,
+            (index as i32, ptr as i32, len as i32),
+        )?;
+        let response = read_out(
+            &store,
+            &mem,
+            rptr,
+            rlen,
+            limits.max_output_bytes,
+            "openwop_node_invoke response",
+        )?;
         // Ownership (RFC 0008 §E): the host frees the response it read and
         // the request it allocated.
         free.call(&mut store, (rptr as i32, rlen as i32))?;
@@ -292,19 +412,36 @@ pub(crate) fn invoke(
 
 /// Parse the guest's response envelope (§D).
 fn parse_response(bytes: &[u8]) -> Result<GuestResult, SandboxError> {
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| SandboxError::abi(format!("response is not JSON: {e}")))?;
+    let v: Value = serde_json::from_slice(bytes)
+        .map_err(|e| SandboxError::abi(format!("response is not JSON: {e}")))?;
     let Value::Object(mut o) = v else {
         return Err(SandboxError::abi("response is not a JSON object"));
     };
     match o.get("outcome").and_then(Value::as_str) {
-        Some("completed") => Ok(GuestResult::Completed(o.remove("output").unwrap_or(Value::Null))),
-        Some("suspended") => Ok(GuestResult::Suspended(o.remove("interrupt").unwrap_or(Value::Null))),
+        Some("completed") => Ok(GuestResult::Completed(
+            o.remove("output").unwrap_or(Value::Null),
+        )),
+        Some("suspended") => Ok(GuestResult::Suspended(
+            o.remove("interrupt").unwrap_or(Value::Null),
+        )),
         Some("failed") => {
             let err = o.remove("error").unwrap_or(Value::Null);
-            let code = err.get("code").and_then(Value::as_str).unwrap_or("wasm_invocation_failed").to_string();
-            let message = err.get("message").and_then(Value::as_str).unwrap_or("").to_string();
+            let code = err
+                .get("code")
+                .and_then(Value::as_str)
+                .unwrap_or("wasm_invocation_failed")
+                .to_string();
+            let message = err
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
             let details = err.get("details").cloned();
-            Ok(GuestResult::Failed { code, message, details })
+            Ok(GuestResult::Failed {
+                code,
+                message,
+                details,
+            })
         }
         Some(other) => Err(SandboxError::abi(format!("unknown outcome `{other}`"))),
         None => Err(SandboxError::abi("response has no `outcome`")),

@@ -15,30 +15,48 @@ fn probe(src: &str) -> Vec<u8> {
 
 async fn probe_call(src: &str, limits: Limits) -> Result<i32, SandboxError> {
     let p = load(probe(src), PackFormat::Probe).await?;
-    sandbox().invoke_probe(&p, "invoke", Some(0), &[], Some(limits)).await
+    sandbox()
+        .invoke_probe(&p, "invoke", Some(0), &[], Some(limits))
+        .await
 }
 
 #[tokio::test]
 async fn infinite_loop_in_start_function_times_out() {
     let src = r#"(module (func $s (loop $l (br $l))) (start $s) (func (export "invoke") (param i32) (result i32) (i32.const 0)))"#;
     // Probe: the start function runs at invocation (instantiation), under the wall clock.
-    let limits = Limits::default().with_wall_clock(Duration::from_millis(200)).with_fuel(None);
+    let limits = Limits::default()
+        .with_wall_clock(Duration::from_millis(200))
+        .with_fuel(None);
     let t = Instant::now();
     let e = probe_call(src, limits).await.unwrap_err();
     assert_eq!(e.code(), "sandbox_timeout", "{e}");
     assert!(t.elapsed() < Duration::from_secs(2));
     // RFC 0008: the start function runs in the load handshake, which is limited too.
-    let core = core_module("(func $s (loop $l (br $l))) (start $s)", &const_response("{}"));
+    let core = core_module(
+        "(func $s (loop $l (br $l))) (start $s)",
+        &const_response("{}"),
+    );
     let e = load(core, PackFormat::CoreModule).await.unwrap_err();
-    assert!(matches!(e, SandboxError::Timeout { .. } | SandboxError::FuelExhausted { .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            SandboxError::Timeout { .. } | SandboxError::FuelExhausted { .. }
+        ),
+        "{e:?}"
+    );
 }
 
 #[tokio::test]
 async fn fuel_exhaustion_is_its_own_error() {
     let src = r#"(module (func (export "invoke") (param i32) (result i32) (loop $l (br $l)) (i32.const 0)))"#;
-    let limits = Limits::default().with_fuel(Some(1_000_000)).with_wall_clock(Duration::from_secs(10));
+    let limits = Limits::default()
+        .with_fuel(Some(1_000_000))
+        .with_wall_clock(Duration::from_secs(10));
     let e = probe_call(src, limits).await.unwrap_err();
-    assert!(matches!(e, SandboxError::FuelExhausted { limit: 1_000_000 }), "{e:?}");
+    assert!(
+        matches!(e, SandboxError::FuelExhausted { limit: 1_000_000 }),
+        "{e:?}"
+    );
     assert_eq!(e.code(), "sandbox_timeout");
     assert_eq!(e.details()["reason"], "fuel");
     assert_eq!(e.cap_breach().unwrap().kind, CapKind::WasmFuel);
@@ -49,7 +67,13 @@ async fn fuel_is_reported_and_deterministic() {
     let p = load_core(pack_file("greet/greet.wasm")).await;
     let mut seen = Vec::new();
     for _ in 0..3 {
-        let out = sandbox().invoke(&p, InvokeRequest::new("vendor.wopbox.greet.hello", json!({"name": "x"}))).await.unwrap();
+        let out = sandbox()
+            .invoke(
+                &p,
+                InvokeRequest::new("vendor.wopbox.greet.hello", json!({"name": "x"})),
+            )
+            .await
+            .unwrap();
         seen.push(out.metrics.fuel_consumed);
     }
     assert!(seen[0] > 100);
@@ -81,14 +105,18 @@ async fn grow_bomb_sees_minus_one_then_trap_is_memory_exceeded() {
       (func (export "invoke") (param i32) (result i32)
         (loop $l (br_if $l (i32.ne (memory.grow (i32.const 1)) (i32.const -1))))
         (memory.size)))"#;
-    let pages = probe_call(src, Limits::default().with_memory_bytes(1 << 20)).await.unwrap();
+    let pages = probe_call(src, Limits::default().with_memory_bytes(1 << 20))
+        .await
+        .unwrap();
     assert_eq!(pages, 16);
     // Same, then traps: memory exceeded, with the requested size.
     let src = r#"(module (memory 1)
       (func (export "invoke") (param i32) (result i32)
         (loop $l (br_if $l (i32.ne (memory.grow (i32.const 7)) (i32.const -1))))
         unreachable))"#;
-    let e = probe_call(src, Limits::default().with_memory_bytes(1 << 20)).await.unwrap_err();
+    let e = probe_call(src, Limits::default().with_memory_bytes(1 << 20))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), "sandbox_memory_exceeded", "{e}");
     assert_eq!(e.details()["limitBytes"], 1 << 20);
     assert_eq!(e.details()["requestedBytes"], 22 * 65536);
@@ -169,8 +197,16 @@ async fn oversized_tables_and_counts_are_refused_at_load() {
     let many_funcs: String = (0..11).map(|i| format!("(func $f{i})")).collect();
     let e = s.load(probe(&format!("(module {many_funcs} (func (export \"invoke\") (param i32) (result i32) (i32.const 0)))")), LoadOptions::new(PackFormat::Probe)).await.unwrap_err();
     assert!(e.to_string().contains("functions"), "{e}");
-    let many_exports: String = (0..6).map(|i| format!("(func (export \"e{i}\"))")).collect();
-    let e = s.load(probe(&format!("(module {many_exports})")), LoadOptions::new(PackFormat::Probe)).await.unwrap_err();
+    let many_exports: String = (0..6)
+        .map(|i| format!("(func (export \"e{i}\"))"))
+        .collect();
+    let e = s
+        .load(
+            probe(&format!("(module {many_exports})")),
+            LoadOptions::new(PackFormat::Probe),
+        )
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("exports"), "{e}");
     let e = s
         .load(probe(r#"(module (func (export "invoke") (param i32) (result i32) (local i64 i64) (local i32) (local f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64 f64) (i32.const 0)))"#), LoadOptions::new(PackFormat::Probe))
@@ -181,14 +217,21 @@ async fn oversized_tables_and_counts_are_refused_at_load() {
 
 #[tokio::test]
 async fn garbage_and_oversized_bytes() {
-    let e = load(b"\0asm\x01\0\0\0garbage".to_vec(), PackFormat::Probe).await.unwrap_err();
+    let e = load(b"\0asm\x01\0\0\0garbage".to_vec(), PackFormat::Probe)
+        .await
+        .unwrap_err();
     assert!(matches!(e, SandboxError::InvalidModule { .. }), "{e:?}");
-    let e = load(vec![0u8; 100], PackFormat::CoreModule).await.unwrap_err();
+    let e = load(vec![0u8; 100], PackFormat::CoreModule)
+        .await
+        .unwrap_err();
     assert!(matches!(e, SandboxError::InvalidModule { .. }), "{e:?}");
     let mut cfg = test_config();
     cfg.load_limits.max_module_bytes = 1000;
     let s = Sandbox::new(cfg).unwrap();
-    let e = s.load(vec![0u8; 1001], LoadOptions::new(PackFormat::Probe)).await.unwrap_err();
+    let e = s
+        .load(vec![0u8; 1001], LoadOptions::new(PackFormat::Probe))
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("1001 bytes"), "{e}");
 }
 
@@ -208,15 +251,26 @@ async fn pointer_abuse_through_the_rfc0008_abi() {
     ];
     for body in cases {
         let p = load_core(core_module("", body)).await;
-        let e = sandbox().invoke(&p, InvokeRequest::new("test.node", json!({}))).await.unwrap_err();
+        let e = sandbox()
+            .invoke(&p, InvokeRequest::new("test.node", json!({})))
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), "sandbox_invocation_error", "{body}: {e}");
-        assert!(matches!(e, SandboxError::AbiViolation { .. }), "{body}: {e:?}");
+        assert!(
+            matches!(e, SandboxError::AbiViolation { .. }),
+            "{body}: {e:?}"
+        );
     }
     // openwop_alloc returning a pointer outside memory
-    let src = wat(&core_src("", &const_response("{}"))
-        .replace("(local.get $p))\n  (func (export \"openwop_free\")", "(drop (local.get $p)) (i32.const 2147483647))\n  (func (export \"openwop_free\")"));
+    let src = wat(&core_src("", &const_response("{}")).replace(
+        "(local.get $p))\n  (func (export \"openwop_free\")",
+        "(drop (local.get $p)) (i32.const 2147483647))\n  (func (export \"openwop_free\")",
+    ));
     let p = load_core(src).await;
-    let e = sandbox().invoke(&p, InvokeRequest::new("test.node", json!({}))).await.unwrap_err();
+    let e = sandbox()
+        .invoke(&p, InvokeRequest::new("test.node", json!({})))
+        .await
+        .unwrap_err();
     assert!(matches!(e, SandboxError::AbiViolation { .. }), "{e:?}");
     // openwop_log with a bad pointer
     let p = load_core(core_module(
@@ -224,11 +278,21 @@ async fn pointer_abuse_through_the_rfc0008_abi() {
         r#"(func $invoke (param i32 i32 i32) (result i64) (call $log (i32.const 2) (i32.const 65000) (i32.const 10000)) (i64.const 0))"#,
     ))
     .await;
-    let e = sandbox().invoke(&p, InvokeRequest::new("test.node", json!({}))).await.unwrap_err();
+    let e = sandbox()
+        .invoke(&p, InvokeRequest::new("test.node", json!({})))
+        .await
+        .unwrap_err();
     assert!(matches!(e, SandboxError::AbiViolation { .. }), "{e:?}");
     // A guest OOB load is a memory fault.
-    let p = load_core(core_module("", r#"(func $invoke (param i32 i32 i32) (result i64) (i64.load (i32.const 70000)))"#)).await;
-    let e = sandbox().invoke(&p, InvokeRequest::new("test.node", json!({}))).await.unwrap_err();
+    let p = load_core(core_module(
+        "",
+        r#"(func $invoke (param i32 i32 i32) (result i64) (i64.load (i32.const 70000)))"#,
+    ))
+    .await;
+    let e = sandbox()
+        .invoke(&p, InvokeRequest::new("test.node", json!({})))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), "sandbox_memory_exceeded", "{e}");
 }
 
@@ -239,12 +303,19 @@ async fn output_bomb_is_capped() {
         (drop (memory.grow (i32.const 60)))
         (call $pack (i32.const 0) (i32.const 3145728)))"#;
     let p = load_core(core_module("", body)).await;
-    let e = sandbox().invoke(&p, InvokeRequest::new("test.node", json!({}))).await.unwrap_err();
+    let e = sandbox()
+        .invoke(&p, InvokeRequest::new("test.node", json!({})))
+        .await
+        .unwrap_err();
     assert!(matches!(e, SandboxError::AbiViolation { .. }), "{e:?}");
     assert!(e.to_string().contains("over the cap"), "{e}");
     // With a bigger cap it is read (and then fails JSON parsing, as zeros).
     let e = sandbox()
-        .invoke(&p, InvokeRequest::new("test.node", json!({})).limits(Limits::default().with_max_output_bytes(4 << 20)))
+        .invoke(
+            &p,
+            InvokeRequest::new("test.node", json!({}))
+                .limits(Limits::default().with_max_output_bytes(4 << 20)),
+        )
         .await
         .unwrap_err();
     assert!(e.to_string().contains("not JSON"), "{e}");
@@ -261,7 +332,10 @@ async fn no_state_survives_between_invocations_or_packs() {
         (call $pack (i32.const 512) (i32.const 34)))"#;
     let p = load_core(core_module("", body)).await;
     for _ in 0..5 {
-        let out = sandbox().invoke(&p, InvokeRequest::new("test.node", json!({}))).await.unwrap();
+        let out = sandbox()
+            .invoke(&p, InvokeRequest::new("test.node", json!({})))
+            .await
+            .unwrap();
         assert_eq!(out.result, GuestResult::Completed(json!(1)));
     }
 }
@@ -271,22 +345,52 @@ async fn many_hostile_calls_at_once_host_stays_responsive() {
     let mut cfg = test_config();
     cfg.max_concurrent = 2;
     let s = Sandbox::new(cfg).unwrap();
-    let spin = s.load(fixture("rfc0035/misbehaving-timeout.wasm"), LoadOptions::new(PackFormat::Probe)).await.unwrap();
-    let bomb = s.load(pack_file("misbehaving-memory/memory-bomb.wasm"), LoadOptions::new(PackFormat::CoreModule)).await.unwrap();
-    let echo = s.load(fixture("rfc0035/well-behaved-echo.wasm"), LoadOptions::new(PackFormat::Probe)).await.unwrap();
-    let limits = Limits::default().with_wall_clock(Duration::from_millis(150)).with_fuel(None);
+    let spin = s
+        .load(
+            fixture("rfc0035/misbehaving-timeout.wasm"),
+            LoadOptions::new(PackFormat::Probe),
+        )
+        .await
+        .unwrap();
+    let bomb = s
+        .load(
+            pack_file("misbehaving-memory/memory-bomb.wasm"),
+            LoadOptions::new(PackFormat::CoreModule),
+        )
+        .await
+        .unwrap();
+    let echo = s
+        .load(
+            fixture("rfc0035/well-behaved-echo.wasm"),
+            LoadOptions::new(PackFormat::Probe),
+        )
+        .await
+        .unwrap();
+    let limits = Limits::default()
+        .with_wall_clock(Duration::from_millis(150))
+        .with_fuel(None);
     let mut tasks = Vec::new();
     for i in 0..24 {
         let s = s.clone();
         let (spin, bomb, echo, limits) = (spin.clone(), bomb.clone(), echo.clone(), limits.clone());
         tasks.push(tokio::spawn(async move {
             match i % 3 {
-                0 => s.invoke_probe(&spin, "invoke", Some(0), &[], Some(limits)).await.map(|_| "spin"),
+                0 => s
+                    .invoke_probe(&spin, "invoke", Some(0), &[], Some(limits))
+                    .await
+                    .map(|_| "spin"),
                 1 => s
-                    .invoke(&bomb, InvokeRequest::new("vendor.openwop.misbehaving.memory-bomb", json!({})).limits(limits))
+                    .invoke(
+                        &bomb,
+                        InvokeRequest::new("vendor.openwop.misbehaving.memory-bomb", json!({}))
+                            .limits(limits),
+                    )
                     .await
                     .map(|_| "bomb"),
-                _ => s.invoke_probe(&echo, "invoke", Some(i), &[], Some(limits)).await.map(|_| "echo"),
+                _ => s
+                    .invoke_probe(&echo, "invoke", Some(i), &[], Some(limits))
+                    .await
+                    .map(|_| "echo"),
             }
         }));
     }
@@ -297,11 +401,17 @@ async fn many_hostile_calls_at_once_host_stays_responsive() {
         tokio::time::sleep(Duration::from_millis(10)).await;
         worst = worst.max(t.elapsed());
     }
-    assert!(worst < Duration::from_millis(200), "executor stalled for {worst:?}");
+    assert!(
+        worst < Duration::from_millis(200),
+        "executor stalled for {worst:?}"
+    );
     let started = Instant::now();
     let mut codes = std::collections::BTreeMap::<String, usize>::new();
     for t in tasks {
-        let r = tokio::time::timeout(Duration::from_secs(30), t).await.expect("no hang").expect("no panic");
+        let r = tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .expect("no hang")
+            .expect("no panic");
         let k = match r {
             Ok(k) => k.to_string(),
             Err(e) => e.code().to_string(),
@@ -313,7 +423,12 @@ async fn many_hostile_calls_at_once_host_stays_responsive() {
     assert_eq!(codes.get("echo"), Some(&8), "{codes:?}");
     assert!(started.elapsed() < Duration::from_secs(20));
     // And afterwards everything still works.
-    assert_eq!(s.invoke_probe(&echo, "invoke", Some(5), &[], None).await.unwrap(), 5);
+    assert_eq!(
+        s.invoke_probe(&echo, "invoke", Some(5), &[], None)
+            .await
+            .unwrap(),
+        5
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,12 +437,23 @@ async fn queue_is_bounded() {
     cfg.max_concurrent = 1;
     cfg.max_queued = 2;
     let s = Sandbox::new(cfg).unwrap();
-    let spin = s.load(fixture("rfc0035/misbehaving-timeout.wasm"), LoadOptions::new(PackFormat::Probe)).await.unwrap();
-    let limits = Limits::default().with_wall_clock(Duration::from_millis(300)).with_fuel(None);
+    let spin = s
+        .load(
+            fixture("rfc0035/misbehaving-timeout.wasm"),
+            LoadOptions::new(PackFormat::Probe),
+        )
+        .await
+        .unwrap();
+    let limits = Limits::default()
+        .with_wall_clock(Duration::from_millis(300))
+        .with_fuel(None);
     let mut tasks = Vec::new();
     for _ in 0..6 {
         let (s, spin, limits) = (s.clone(), spin.clone(), limits.clone());
-        tasks.push(tokio::spawn(async move { s.invoke_probe(&spin, "invoke", Some(0), &[], Some(limits)).await }));
+        tasks.push(tokio::spawn(async move {
+            s.invoke_probe(&spin, "invoke", Some(0), &[], Some(limits))
+                .await
+        }));
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let mut overloaded = 0;
@@ -342,8 +468,15 @@ async fn queue_is_bounded() {
 #[test]
 fn invoke_blocking_works_without_a_runtime() {
     let s = Sandbox::new(test_config()).unwrap();
-    let p = s.load_blocking(&fixture("rfc0035/well-behaved-echo.wasm"), LoadOptions::new(PackFormat::Probe)).unwrap();
-    let out = s.invoke_blocking(&p, &InvokeRequest::new("invoke", json!(9))).unwrap();
+    let p = s
+        .load_blocking(
+            &fixture("rfc0035/well-behaved-echo.wasm"),
+            LoadOptions::new(PackFormat::Probe),
+        )
+        .unwrap();
+    let out = s
+        .invoke_blocking(&p, &InvokeRequest::new("invoke", json!(9)))
+        .unwrap();
     assert_eq!(out.result, GuestResult::Completed(json!(9)));
     let _: Arc<LoadedPack> = p;
 }
@@ -355,10 +488,18 @@ async fn time_spent_in_host_calls_counts_toward_the_wall_clock() {
         (drop (memory.grow (i32.const 16)))
         (loop $l (call $random (i32.const 65536) (i32.const 1048576)) (br $l))
         (i64.const 0))"#;
-    let p = load_core(core_module(r#"(import "openwop" "openwop_random" (func $random (param i32 i32)))"#, body)).await;
+    let p = load_core(core_module(
+        r#"(import "openwop" "openwop_random" (func $random (param i32 i32)))"#,
+        body,
+    ))
+    .await;
     let t = Instant::now();
     let e = sandbox()
-        .invoke(&p, InvokeRequest::new("test.node", json!({})).limits(Limits::default().with_wall_clock(Duration::from_millis(200))))
+        .invoke(
+            &p,
+            InvokeRequest::new("test.node", json!({}))
+                .limits(Limits::default().with_wall_clock(Duration::from_millis(200))),
+        )
         .await
         .unwrap_err();
     assert_eq!(e.code(), "sandbox_timeout", "{e}");

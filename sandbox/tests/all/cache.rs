@@ -22,9 +22,27 @@ fn artifacts(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 }
 
 async fn greet(s: &Sandbox) -> std::sync::Arc<LoadedPack> {
-    let p = s.load(pack_file("greet/greet.wasm"), LoadOptions::new(PackFormat::CoreModule)).await.unwrap();
-    let out = s.invoke(&p, InvokeRequest::new("vendor.wopbox.greet.hello", serde_json::json!({"name": "c"}))).await.unwrap();
-    assert_eq!(out.result, GuestResult::Completed(serde_json::json!({"greeting": "Hello, c!"})));
+    let p = s
+        .load(
+            pack_file("greet/greet.wasm"),
+            LoadOptions::new(PackFormat::CoreModule),
+        )
+        .await
+        .unwrap();
+    let out = s
+        .invoke(
+            &p,
+            InvokeRequest::new(
+                "vendor.wopbox.greet.hello",
+                serde_json::json!({"name": "c"}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        out.result,
+        GuestResult::Completed(serde_json::json!({"greeting": "Hello, c!"}))
+    );
     p
 }
 
@@ -46,7 +64,10 @@ async fn compile_once_then_memory_then_disk() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("host.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("host.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0, "host key must be private: {mode:o}");
     }
 }
@@ -61,19 +82,30 @@ async fn tampered_or_foreign_artifacts_are_never_deserialized() {
     let n = bytes.len();
     bytes[n - 100] ^= 0xff;
     std::fs::write(&file, &bytes).unwrap();
-    assert_eq!(greet(&with_cache(dir.path())).await.cache_status(), CacheStatus::Compiled);
+    assert_eq!(
+        greet(&with_cache(dir.path())).await.cache_status(),
+        CacheStatus::Compiled
+    );
     // A raw wasmtime artifact planted under the right name (no seal).
     let engine = with_cache(dir.path());
-    let raw = wasmtime::Engine::default().precompile_module(&pack_file("greet/greet.wasm")).unwrap();
+    let raw = wasmtime::Engine::default()
+        .precompile_module(&pack_file("greet/greet.wasm"))
+        .unwrap();
     std::fs::write(&file, raw).unwrap();
     assert_eq!(greet(&engine).await.cache_status(), CacheStatus::Compiled);
     // An artifact sealed with another host's key.
     let other = tempfile::tempdir().unwrap();
     greet(&with_cache(other.path())).await;
     std::fs::copy(artifacts(other.path()).remove(0), &file).unwrap();
-    assert_eq!(greet(&with_cache(dir.path())).await.cache_status(), CacheStatus::Compiled);
+    assert_eq!(
+        greet(&with_cache(dir.path())).await.cache_status(),
+        CacheStatus::Compiled
+    );
     // ... and after recompiling, the host's own artifact is trusted again.
-    assert_eq!(greet(&with_cache(dir.path())).await.cache_status(), CacheStatus::Disk);
+    assert_eq!(
+        greet(&with_cache(dir.path())).await.cache_status(),
+        CacheStatus::Disk
+    );
 }
 
 #[tokio::test]
@@ -81,6 +113,11 @@ async fn different_bytes_different_entries() {
     let dir = tempfile::tempdir().unwrap();
     let s = with_cache(dir.path());
     greet(&s).await;
-    s.load(pack_file("rust-hello/rust-hello.wasm"), LoadOptions::new(PackFormat::CoreModule)).await.unwrap();
+    s.load(
+        pack_file("rust-hello/rust-hello.wasm"),
+        LoadOptions::new(PackFormat::CoreModule),
+    )
+    .await
+    .unwrap();
     assert_eq!(artifacts(dir.path()).len(), 2);
 }

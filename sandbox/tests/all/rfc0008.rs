@@ -15,16 +15,49 @@ async fn greet_pack() {
     assert_eq!(pack.name(), "vendor.wopbox.greet");
     assert_eq!(pack.node_type_ids(), ["vendor.wopbox.greet.hello"]);
     assert_eq!(pack.abi_version(), Some(1));
-    let out = sandbox().invoke(&pack, InvokeRequest::new("vendor.wopbox.greet.hello", json!({"name": "Ada"}))).await.unwrap();
-    assert_eq!(out.result, GuestResult::Completed(json!({"greeting": "Hello, Ada!"})));
-    assert_eq!(out.logs, vec![LogEntry { level: LogLevel::Info, message: "greet: composing a greeting".into() }]);
+    let out = sandbox()
+        .invoke(
+            &pack,
+            InvokeRequest::new("vendor.wopbox.greet.hello", json!({"name": "Ada"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        out.result,
+        GuestResult::Completed(json!({"greeting": "Hello, Ada!"}))
+    );
+    assert_eq!(
+        out.logs,
+        vec![LogEntry {
+            level: LogLevel::Info,
+            message: "greet: composing a greeting".into()
+        }]
+    );
     assert!(out.metrics.fuel_consumed > 0);
     assert_eq!(out.metrics.peak_memory_bytes, 2 * 65536);
-    let out = sandbox().invoke(&pack, InvokeRequest::new("vendor.wopbox.greet.hello", json!({}))).await.unwrap();
-    assert_eq!(out.result, GuestResult::Completed(json!({"greeting": "Hello, world!"})));
+    let out = sandbox()
+        .invoke(
+            &pack,
+            InvokeRequest::new("vendor.wopbox.greet.hello", json!({})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        out.result,
+        GuestResult::Completed(json!({"greeting": "Hello, world!"}))
+    );
     // Escaped characters survive the round trip.
-    let out = sandbox().invoke(&pack, InvokeRequest::new("vendor.wopbox.greet.hello", json!({"name": "O\"Neil ✓"}))).await.unwrap();
-    assert_eq!(out.result, GuestResult::Completed(json!({"greeting": "Hello, O\"Neil ✓!"})));
+    let out = sandbox()
+        .invoke(
+            &pack,
+            InvokeRequest::new("vendor.wopbox.greet.hello", json!({"name": "O\"Neil ✓"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        out.result,
+        GuestResult::Completed(json!({"greeting": "Hello, O\"Neil ✓!"}))
+    );
 }
 
 #[tokio::test]
@@ -32,43 +65,78 @@ async fn rust_hello_pack_packed_i64() {
     let pack = load_core(pack_file("rust-hello/rust-hello.wasm")).await;
     assert_eq!(pack.name(), "vendor.openwop.rust-hello");
     assert_eq!(pack.node_type_ids(), ["vendor.openwop.rust-hello.greet"]);
-    let ctx = NodeContext { run_id: "r1".into(), node_id: "n1".into(), ..Default::default() };
+    let ctx = NodeContext {
+        run_id: "r1".into(),
+        node_id: "n1".into(),
+        ..Default::default()
+    };
     let out = sandbox()
-        .invoke(&pack, InvokeRequest::new("vendor.openwop.rust-hello.greet", json!({"name": "openwop"})).context(ctx))
+        .invoke(
+            &pack,
+            InvokeRequest::new(
+                "vendor.openwop.rust-hello.greet",
+                json!({"name": "openwop"}),
+            )
+            .context(ctx),
+        )
         .await
         .unwrap();
-    assert_eq!(out.result, GuestResult::Completed(json!({"greeting": "Hello, openwop!"})));
+    assert_eq!(
+        out.result,
+        GuestResult::Completed(json!({"greeting": "Hello, openwop!"}))
+    );
     assert_eq!(out.logs[0].level, LogLevel::Info);
 }
 
 #[tokio::test]
 async fn unknown_type_id() {
     let pack = load_core(pack_file("greet/greet.wasm")).await;
-    let e = sandbox().invoke(&pack, InvokeRequest::new("vendor.wopbox.greet.nope", json!({}))).await.unwrap_err();
+    let e = sandbox()
+        .invoke(
+            &pack,
+            InvokeRequest::new("vendor.wopbox.greet.nope", json!({})),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), "wasm_pack_unknown_type");
 }
 
 #[tokio::test]
 async fn abi_999_is_refused_at_load() {
-    for bytes in [pack_file("misbehaving-abi/abi-bomb.wasm"), fixture("rfc0008/conformance-misbehaving-abi.wat")] {
+    for bytes in [
+        pack_file("misbehaving-abi/abi-bomb.wasm"),
+        fixture("rfc0008/conformance-misbehaving-abi.wat"),
+    ] {
         let e = load(bytes, PackFormat::CoreModule).await.unwrap_err();
         assert_eq!(e.code(), "unsupported_abi_version", "{e}");
-        assert!(matches!(e, SandboxError::UnsupportedAbiVersion { found: 999, .. }));
+        assert!(matches!(
+            e,
+            SandboxError::UnsupportedAbiVersion { found: 999, .. }
+        ));
     }
     // A manifest that says 999 is refused without running anything.
     let mut o = LoadOptions::new(PackFormat::CoreModule);
     o.manifest_abi_version = Some(999);
-    let e = sandbox().load(pack_file("greet/greet.wasm"), o).await.unwrap_err();
+    let e = sandbox()
+        .load(pack_file("greet/greet.wasm"), o)
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), "unsupported_abi_version");
 }
 
 #[tokio::test]
 async fn memory_bomb_is_a_memory_breach() {
-    for bytes in [pack_file("misbehaving-memory/memory-bomb.wasm"), fixture("rfc0008/conformance-misbehaving-memory.wat")] {
+    for bytes in [
+        pack_file("misbehaving-memory/memory-bomb.wasm"),
+        fixture("rfc0008/conformance-misbehaving-memory.wat"),
+    ] {
         let pack = load_core(bytes).await;
         assert_eq!(pack.name(), "vendor.openwop.misbehaving");
         let e = sandbox()
-            .invoke(&pack, InvokeRequest::new("vendor.openwop.misbehaving.memory-bomb", json!({})))
+            .invoke(
+                &pack,
+                InvokeRequest::new("vendor.openwop.misbehaving.memory-bomb", json!({})),
+            )
             .await
             .unwrap_err();
         assert_eq!(e.code(), "sandbox_memory_exceeded", "{e}");
@@ -84,8 +152,17 @@ async fn memory_bomb_is_a_memory_breach() {
 async fn manifest_memory_pages_max_lowers_the_cap() {
     let mut o = LoadOptions::new(PackFormat::CoreModule);
     o.memory_pages_max = Some(32); // 2 MiB
-    let pack = sandbox().load(pack_file("misbehaving-memory/memory-bomb.wasm"), o).await.unwrap();
-    let e = sandbox().invoke(&pack, InvokeRequest::new("vendor.openwop.misbehaving.memory-bomb", json!({}))).await.unwrap_err();
+    let pack = sandbox()
+        .load(pack_file("misbehaving-memory/memory-bomb.wasm"), o)
+        .await
+        .unwrap();
+    let e = sandbox()
+        .invoke(
+            &pack,
+            InvokeRequest::new("vendor.openwop.misbehaving.memory-bomb", json!({})),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(e.cap_breach().unwrap().limit, 2 << 20);
 }
 
@@ -95,7 +172,9 @@ async fn every_pack_in_packs_dir() {
     let mut seen = 0;
     for e in std::fs::read_dir(repo().join("packs")).unwrap() {
         let dir = e.unwrap().path();
-        let Ok(text) = std::fs::read_to_string(dir.join("pack.json")) else { continue };
+        let Ok(text) = std::fs::read_to_string(dir.join("pack.json")) else {
+            continue;
+        };
         let m: Value = serde_json::from_str(&text).unwrap();
         if m["runtime"]["language"] != "wasm" {
             continue; // component packs are tested in component.rs
@@ -112,7 +191,12 @@ async fn every_pack_in_packs_dir() {
             continue;
         }
         let pack = r.unwrap_or_else(|e| panic!("{name}: {e}"));
-        let want: Vec<&str> = m["nodes"].as_array().unwrap().iter().map(|n| n["typeId"].as_str().unwrap()).collect();
+        let want: Vec<&str> = m["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["typeId"].as_str().unwrap())
+            .collect();
         assert_eq!(pack.node_type_ids(), want.as_slice(), "{name}");
     }
     assert!(seen >= 4, "{seen}");
@@ -120,7 +204,12 @@ async fn every_pack_in_packs_dir() {
 
 #[tokio::test]
 async fn name_mismatch_is_refused() {
-    let r = sandbox().load(pack_file("greet/greet.wasm"), LoadOptions::new(PackFormat::CoreModule).name("vendor.other")).await;
+    let r = sandbox()
+        .load(
+            pack_file("greet/greet.wasm"),
+            LoadOptions::new(PackFormat::CoreModule).name("vendor.other"),
+        )
+        .await;
     assert_eq!(r.unwrap_err().code(), "sandbox_invocation_error");
 }
 
@@ -135,18 +224,47 @@ async fn multi_value_and_packed_both_work() {
   (func (export "openwop_node_invoke") (param i32 i32 i32) (result i32 i32) (i32.const 512) (i32.const 34))"#,
     ));
     let p = load_core(src).await;
-    let out = sandbox().invoke(&p, InvokeRequest::new("test.node", json!({}))).await.unwrap();
+    let out = sandbox()
+        .invoke(&p, InvokeRequest::new("test.node", json!({})))
+        .await
+        .unwrap();
     assert_eq!(out.result, GuestResult::Completed(json!(1)));
 }
 
 #[tokio::test]
 async fn failed_and_suspended_outcomes() {
-    let p = load_core(core_module("", &const_response(r#"{"outcome":"failed","error":{"code":"bad_input","message":"no","details":{"x":1}}}"#))).await;
-    let out = sandbox().invoke(&p, InvokeRequest::new("test.node", json!({}))).await.unwrap();
-    assert_eq!(out.result, GuestResult::Failed { code: "bad_input".into(), message: "no".into(), details: Some(json!({"x": 1})) });
-    let p = load_core(core_module("", &const_response(r#"{"outcome":"suspended","interrupt":{"kind":"approval"}}"#))).await;
-    let out = sandbox().invoke(&p, InvokeRequest::new("test.node", json!({}))).await.unwrap();
-    assert_eq!(out.result, GuestResult::Suspended(json!({"kind": "approval"})));
+    let p = load_core(core_module(
+        "",
+        &const_response(
+            r#"{"outcome":"failed","error":{"code":"bad_input","message":"no","details":{"x":1}}}"#,
+        ),
+    ))
+    .await;
+    let out = sandbox()
+        .invoke(&p, InvokeRequest::new("test.node", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.result,
+        GuestResult::Failed {
+            code: "bad_input".into(),
+            message: "no".into(),
+            details: Some(json!({"x": 1}))
+        }
+    );
+    let p = load_core(core_module(
+        "",
+        &const_response(r#"{"outcome":"suspended","interrupt":{"kind":"approval"}}"#),
+    ))
+    .await;
+    let out = sandbox()
+        .invoke(&p, InvokeRequest::new("test.node", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.result,
+        GuestResult::Suspended(json!({"kind": "approval"}))
+    );
 }
 
 #[tokio::test]
@@ -161,9 +279,23 @@ async fn request_envelope_reaches_the_guest() {
     (i32.store8 (i32.add (local.get $out) (i32.add (local.get $l) (i32.const 32))) (i32.const 125))
     (call $pack (local.get $out) (i32.add (local.get $l) (i32.const 33))))"#;
     let p = load_core(core_module("", body)).await;
-    let ctx = NodeContext { run_id: "run-1".into(), node_id: "node-a".into(), tenant_id: "t".into(), attempt: 2, ..Default::default() };
-    let out = sandbox().invoke(&p, InvokeRequest::new("test.node", json!({"k": [1, 2]})).context(ctx)).await.unwrap();
-    let GuestResult::Completed(v) = out.result else { panic!() };
+    let ctx = NodeContext {
+        run_id: "run-1".into(),
+        node_id: "node-a".into(),
+        tenant_id: "t".into(),
+        attempt: 2,
+        ..Default::default()
+    };
+    let out = sandbox()
+        .invoke(
+            &p,
+            InvokeRequest::new("test.node", json!({"k": [1, 2]})).context(ctx),
+        )
+        .await
+        .unwrap();
+    let GuestResult::Completed(v) = out.result else {
+        panic!()
+    };
     assert_eq!(v["abiVersion"], 1);
     assert_eq!(v["inputs"], json!({"k": [1, 2]}));
     assert_eq!(v["nodeContext"]["runId"], "run-1");
@@ -184,8 +316,18 @@ const BASELINE_IMPORTS: &str = r#"
 #[tokio::test]
 async fn baseline_imports_are_never_gated() {
     // Loads with no grants at all.
-    let p = load_core(core_module(BASELINE_IMPORTS, &const_response(r#"{"outcome":"completed","output":null}"#))).await;
-    sandbox().invoke(&p, InvokeRequest::new("test.node", json!({})).grants(Grants::none())).await.unwrap();
+    let p = load_core(core_module(
+        BASELINE_IMPORTS,
+        &const_response(r#"{"outcome":"completed","output":null}"#),
+    ))
+    .await;
+    sandbox()
+        .invoke(
+            &p,
+            InvokeRequest::new("test.node", json!({})).grants(Grants::none()),
+        )
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -220,7 +362,10 @@ async fn channels_variables_random_now() {
     let mut ctx = NodeContext::default();
     ctx.channels.insert("in".into(), json!({"a": 1}));
     ctx.variables.insert("k".into(), json!("val"));
-    let out = sandbox().invoke(&p, InvokeRequest::new("test.node", json!({})).context(ctx)).await.unwrap();
+    let out = sandbox()
+        .invoke(&p, InvokeRequest::new("test.node", json!({})).context(ctx))
+        .await
+        .unwrap();
     assert_eq!(out.result, GuestResult::Completed(json!([{"a": 1}, "val"])));
     assert_eq!(out.channel_writes, vec![("out".to_string(), json!(42))]);
     assert_eq!(out.variable_writes, vec![("k2".to_string(), json!("s"))]);
@@ -240,9 +385,21 @@ async fn random_is_deterministic_per_run_node_attempt() {
   (data (i32.const 512) "{\"outcome\":\"completed\",\"output\":0}")"#;
     let p = load_core(core_module(BASELINE_IMPORTS, body)).await;
     let run = |run: &str, attempt: u32| {
-        let ctx = NodeContext { run_id: run.into(), node_id: "n".into(), attempt, now_ms: Some(1_700_000_000_000), ..Default::default() };
+        let ctx = NodeContext {
+            run_id: run.into(),
+            node_id: "n".into(),
+            attempt,
+            now_ms: Some(1_700_000_000_000),
+            ..Default::default()
+        };
         let p = p.clone();
-        async move { sandbox().invoke(&p, InvokeRequest::new("test.node", json!({})).context(ctx)).await.unwrap().logs }
+        async move {
+            sandbox()
+                .invoke(&p, InvokeRequest::new("test.node", json!({})).context(ctx))
+                .await
+                .unwrap()
+                .logs
+        }
     };
     let a = run("r", 0).await;
     let b = run("r", 0).await;
@@ -267,11 +424,26 @@ async fn interrupt_suspends_then_resumes() {
     (i32.store8 (i32.add (local.get $out) (i32.add (local.get $l) (i32.const 32))) (i32.const 125))
     (call $pack (local.get $out) (i32.add (local.get $l) (i32.const 33))))"#;
     let p = load_core(core_module(BASELINE_IMPORTS, body)).await;
-    let out = sandbox().invoke(&p, InvokeRequest::new("test.node", json!({}))).await.unwrap();
-    assert_eq!(out.result, GuestResult::Suspended(json!({"ask": "approve?"})));
-    let ctx = NodeContext { resume_value: Some(json!({"approved": true})), ..Default::default() };
-    let out = sandbox().invoke(&p, InvokeRequest::new("test.node", json!({})).context(ctx)).await.unwrap();
-    assert_eq!(out.result, GuestResult::Completed(json!({"approved": true})));
+    let out = sandbox()
+        .invoke(&p, InvokeRequest::new("test.node", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.result,
+        GuestResult::Suspended(json!({"ask": "approve?"}))
+    );
+    let ctx = NodeContext {
+        resume_value: Some(json!({"approved": true})),
+        ..Default::default()
+    };
+    let out = sandbox()
+        .invoke(&p, InvokeRequest::new("test.node", json!({})).context(ctx))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.result,
+        GuestResult::Completed(json!({"approved": true}))
+    );
 }
 
 #[tokio::test]
@@ -288,7 +460,10 @@ async fn free_is_honoured() {
   (func (export "openwop_free") (param i32 i32) (call $log (i32.const 2) (i32.const 100) (i32.const 4)))"#,
     ));
     let p = load_core(src).await;
-    let out = sandbox().invoke(&p, InvokeRequest::new("test.node", json!({}))).await.unwrap();
+    let out = sandbox()
+        .invoke(&p, InvokeRequest::new("test.node", json!({})))
+        .await
+        .unwrap();
     assert_eq!(out.logs.iter().filter(|l| l.message == "free").count(), 2);
 }
 
@@ -304,9 +479,23 @@ async fn logs_are_bounded() {
       (br_if $l (i32.lt_u (local.get $i) (i32.const 1000))))
     (call $pack (i32.const 512) (i32.const 34)))
   (data (i32.const 512) "{\"outcome\":\"completed\",\"output\":0}")"#;
-    let p = load_core(core_module(r#"(import "openwop" "openwop_log" (func $log (param i32 i32 i32)))"#, body)).await;
-    let limits = Limits { max_log_entries: 10, max_log_message_bytes: 4, ..Limits::default() };
-    let out = sandbox().invoke(&p, InvokeRequest::new("test.node", json!({})).limits(limits)).await.unwrap();
+    let p = load_core(core_module(
+        r#"(import "openwop" "openwop_log" (func $log (param i32 i32 i32)))"#,
+        body,
+    ))
+    .await;
+    let limits = Limits {
+        max_log_entries: 10,
+        max_log_message_bytes: 4,
+        ..Limits::default()
+    };
+    let out = sandbox()
+        .invoke(
+            &p,
+            InvokeRequest::new("test.node", json!({})).limits(limits),
+        )
+        .await
+        .unwrap();
     assert_eq!(out.logs.len(), 10);
     assert_eq!(out.logs_dropped, 990);
     assert_eq!(out.logs[0].message, "0123");
@@ -316,17 +505,34 @@ async fn logs_are_bounded() {
 #[tokio::test]
 async fn capability_imports_are_gated_at_load() {
     let imports = r#"(import "openwop" "fetch" (func $f (param i32) (result i32)))"#;
-    let bytes = core_module(imports, &const_response(r#"{"outcome":"completed","output":1}"#));
-    let e = load(bytes.clone(), PackFormat::CoreModule).await.unwrap_err();
+    let bytes = core_module(
+        imports,
+        &const_response(r#"{"outcome":"completed","output":1}"#),
+    );
+    let e = load(bytes.clone(), PackFormat::CoreModule)
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), "sandbox_capability_denied");
     assert_eq!(e.details()["requestedCapability"], "fetch");
     let p = sandbox()
-        .load(bytes, LoadOptions::new(PackFormat::CoreModule).grants(Grants::host_calls(["host.fetch"])))
+        .load(
+            bytes,
+            LoadOptions::new(PackFormat::CoreModule).grants(Grants::host_calls(["host.fetch"])),
+        )
         .await
         .unwrap();
-    sandbox().invoke(&p, InvokeRequest::new("test.node", json!({}))).await.unwrap();
+    sandbox()
+        .invoke(&p, InvokeRequest::new("test.node", json!({})))
+        .await
+        .unwrap();
     // An invocation's own grants can narrow the load grants.
-    let e = sandbox().invoke(&p, InvokeRequest::new("test.node", json!({})).grants(Grants::none())).await.unwrap_err();
+    let e = sandbox()
+        .invoke(
+            &p,
+            InvokeRequest::new("test.node", json!({})).grants(Grants::none()),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(e.details()["requestedCapability"], "fetch");
 }
 
@@ -341,7 +547,12 @@ async fn wasi_imports_in_core_modules_are_escapes() {
         ("random_get", "host-process-escape"),
     ] {
         let imports = format!(r#"(import "wasi_snapshot_preview1" "{name}" (func (param i32)))"#);
-        let e = load(core_module(&imports, &const_response("{}")), PackFormat::CoreModule).await.unwrap_err();
+        let e = load(
+            core_module(&imports, &const_response("{}")),
+            PackFormat::CoreModule,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(e.code(), "sandbox_escape_attempt", "{name}");
         assert_eq!(e.details()["escapeKind"], kind, "{name}");
     }
@@ -356,13 +567,20 @@ async fn handshake_runs_under_limits() {
     ));
     let t = std::time::Instant::now();
     let e = load(src, PackFormat::CoreModule).await.unwrap_err();
-    assert!(matches!(e, SandboxError::Timeout { .. } | SandboxError::FuelExhausted { .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            SandboxError::Timeout { .. } | SandboxError::FuelExhausted { .. }
+        ),
+        "{e:?}"
+    );
     assert!(t.elapsed() < Duration::from_secs(3));
 }
 
 #[tokio::test]
 async fn missing_exports_are_abi_violations() {
-    let src = wat(&core_src("", &const_response("{}")).replace(r#"(func (export "openwop_free") (param i32 i32))"#, ""));
+    let src = wat(&core_src("", &const_response("{}"))
+        .replace(r#"(func (export "openwop_free") (param i32 i32))"#, ""));
     let e = load(src, PackFormat::CoreModule).await.unwrap_err();
     assert!(matches!(e, SandboxError::AbiViolation { .. }), "{e:?}");
     assert!(e.to_string().contains("openwop_free"));
