@@ -12,6 +12,7 @@ mod events;
 mod idempotency;
 mod interop;
 mod packs;
+mod remote;
 mod sandbox_seam;
 mod runs;
 mod webhooks;

@@ -161,6 +161,7 @@ pub async fn openapi() -> Response {
                 {"name": "lastSequence", "in": "query", "schema": {"type": "integer", "minimum": -1}}], "responses": {"200": {"description": "Events page"}, "400": err, "404": err}}},
             "/v1/workflows": {"get": {"summary": "List workflows", "responses": {"200": {"description": "Workflows"}}},
                               "post": {"summary": "Register a workflow definition (host extension)", "responses": {"201": {"description": "Registered"}, "400": err}}},
+            "/v1/x-wopbox/execute": crate::packs::remote::openapi_path(&err),
             "/v1/workflows/{workflowId}": {"get": {"summary": "Workflow definition", "parameters": [wf_id], "responses": {"200": {"description": "WorkflowDefinition"}, "404": err}},
                                            "put": {"summary": "Register/replace a workflow definition (host extension)", "parameters": [wf_id], "responses": {"200": {"description": "Registered"}, "400": err}}}
         }

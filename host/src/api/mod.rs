@@ -7,6 +7,7 @@ pub mod body;
 pub mod discovery;
 pub mod error;
 pub mod events;
+pub mod execute;
 pub mod packs;
 pub mod runs;
 pub mod seams;

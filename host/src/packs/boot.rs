@@ -10,6 +10,7 @@ use wopbox_sandbox::{Limits, Sandbox, SandboxConfig};
 
 use super::policy::Policy;
 use super::registry::{PackService, PackSettings};
+use super::remote::ExecutorChoice;
 use super::tarball::ArchiveLimits;
 use crate::api::packs::DEFAULT_MAX_PACK_BYTES;
 use crate::Host;
@@ -50,6 +51,14 @@ pub struct PackArgs {
     /// Sandboxed invocations running at once (default: number of CPUs).
     #[arg(long)]
     pub sandbox_concurrency: Option<usize>,
+    /// Where pack nodes execute: `local` (this process's sandbox) or
+    /// `remote:URL` (another wopbox's `POST /v1/x-wopbox/execute`; packs must
+    /// be installed on both, see docs/embedding.md).
+    #[arg(long, default_value = "local")]
+    pub executor: String,
+    /// Bearer key this host presents to the `--executor remote:URL` tier.
+    #[arg(long, env = "WOPBOX_EXECUTOR_KEY", hide_env_values = true)]
+    pub executor_key: Option<String>,
 }
 
 impl PackArgs {
@@ -87,6 +96,7 @@ pub async fn attach(host: &mut Host, args: &PackArgs) -> anyhow::Result<Arc<Pack
         PackSettings {
             default_limits,
             archive: ArchiveLimits::default(),
+            executor: ExecutorChoice::parse(&args.executor, args.executor_key.clone())?,
         },
     );
     service.advertise();
@@ -102,6 +112,8 @@ pub async fn attach(host: &mut Host, args: &PackArgs) -> anyhow::Result<Arc<Pack
         service.clone(),
         args.max_pack_bytes,
     ));
+    host.routers
+        .push(crate::api::execute::router(service.clone()));
     if args.enable_test_seams {
         tracing::warn!(
             "RFC 0035 test seams are mounted under /v1/host/sample/test/ (--enable-test-seams)"

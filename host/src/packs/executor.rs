@@ -34,7 +34,7 @@ impl PackNodeExecutor {
 /// The RFC 0008 request's `inputs`: run variables overlaid with the node's
 /// resolved input ports, so a pack node sees the run's inputs (as the
 /// `conformance-wasm-pack-roundtrip` fixture expects) and explicit wiring wins.
-fn guest_inputs(variables: &Value, inputs: &Value) -> Value {
+pub(super) fn guest_inputs(variables: &Value, inputs: &Value) -> Value {
     let mut m: Map<String, Value> = variables.as_object().cloned().unwrap_or_default();
     if let Some(i) = inputs.as_object() {
         for (k, v) in i {
@@ -44,7 +44,27 @@ fn guest_inputs(variables: &Value, inputs: &Value) -> Value {
     Value::Object(m)
 }
 
-fn failed(code: &str, message: String, details: Value, retryable: bool) -> NodeResult {
+/// The RFC 0008 `nodeContext` of an invocation (shared with the remote
+/// executor, so both tiers hand the guest the same context).
+pub(super) fn guest_context(inv: &NodeInvocation) -> GuestContext {
+    GuestContext {
+        run_id: inv.ctx.run_id.clone(),
+        node_id: inv.ctx.node_id.clone(),
+        tenant_id: inv.ctx.tenant_id.clone(),
+        // RFC 0008 attempts are 0-based; the engine counts from 1.
+        attempt: inv.ctx.attempt.saturating_sub(1),
+        configurable: inv.config.clone(),
+        variables: inv
+            .ctx
+            .variables
+            .as_object()
+            .map(|m| m.clone().into_iter().collect())
+            .unwrap_or_default(),
+        ..GuestContext::default()
+    }
+}
+
+pub(super) fn failed(code: &str, message: String, details: Value, retryable: bool) -> NodeResult {
     NodeOutcome::Failed {
         code: code.to_string(),
         message,
@@ -83,21 +103,7 @@ impl NodeExecutor for PackNodeExecutor {
                 false,
             );
         };
-        let context = GuestContext {
-            run_id: inv.ctx.run_id.clone(),
-            node_id: inv.ctx.node_id.clone(),
-            tenant_id: inv.ctx.tenant_id.clone(),
-            // RFC 0008 attempts are 0-based; the engine counts from 1.
-            attempt: inv.ctx.attempt.saturating_sub(1),
-            configurable: inv.config.clone(),
-            variables: inv
-                .ctx
-                .variables
-                .as_object()
-                .map(|m| m.clone().into_iter().collect())
-                .unwrap_or_default(),
-            ..GuestContext::default()
-        };
+        let context = guest_context(&inv);
         let req = InvokeRequest::new(
             inv.type_id.clone(),
             guest_inputs(&inv.ctx.variables, &inv.inputs),

@@ -6,6 +6,7 @@ pub mod executor;
 pub mod manifest;
 pub mod policy;
 pub mod registry;
+pub mod remote;
 pub mod tarball;
 
 pub use boot::{attach, PackArgs};

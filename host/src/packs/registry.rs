@@ -27,8 +27,10 @@ use super::error::PackError;
 use super::executor::PackNodeExecutor;
 use super::manifest::{validate_manifest, PackManifest, PackRuntime};
 use super::policy::{DirMode, EffectiveGrants, Policy};
+use super::remote::{ExecutorChoice, RemoteNodeExecutor};
 use super::tarball::{read_tgz, ArchiveLimits};
 use crate::api::discovery::Discovery;
+use crate::engine::registry::NodeExecutor;
 use crate::engine::NodeRegistry;
 use crate::store::packs::{PackRecord, PackStore, HOST_TENANT};
 
@@ -106,6 +108,9 @@ impl State {
 pub struct PackSettings {
     pub default_limits: Limits,
     pub archive: ArchiveLimits,
+    /// Where pack nodes execute: this sandbox, or another wopbox's
+    /// execution API (`--executor remote:URL`).
+    pub executor: ExecutorChoice,
 }
 
 pub struct PackService {
@@ -115,7 +120,8 @@ pub struct PackService {
     registry: Arc<NodeRegistry>,
     discovery: Arc<Discovery>,
     settings: PackSettings,
-    executor: Arc<PackNodeExecutor>,
+    /// The executor registered for every pack typeId (local or remote).
+    executor: Arc<dyn NodeExecutor>,
     state: RwLock<State>,
     /// Serialises installs and deletes so conflict checks and registration
     /// see a consistent state (reads stay lock-free of it).
@@ -170,6 +176,7 @@ impl PackService {
         discovery: Arc<Discovery>,
         settings: PackSettings,
     ) -> Arc<PackService> {
+        let executor_choice = settings.executor.clone();
         Arc::new_cyclic(|weak| PackService {
             sandbox,
             store,
@@ -177,7 +184,12 @@ impl PackService {
             registry,
             discovery,
             settings,
-            executor: Arc::new(PackNodeExecutor::new(weak.clone())),
+            executor: match executor_choice {
+                ExecutorChoice::Local => Arc::new(PackNodeExecutor::new(weak.clone())),
+                ExecutorChoice::Remote(target) => {
+                    Arc::new(RemoteNodeExecutor::new(weak.clone(), target))
+                }
+            },
             state: RwLock::new(State::default()),
             install_lock: tokio::sync::Mutex::new(()),
         })
@@ -501,7 +513,9 @@ impl PackService {
             let still = st.provided_type_ids();
             for t in self.registry.type_ids() {
                 if !still.contains(&t)
-                    && self.registry.get(&t).is_some_and(|e| self.executor.is(&e))
+                    && self.registry.get(&t).is_some_and(|e| {
+                        std::ptr::addr_eq(Arc::as_ptr(&e), Arc::as_ptr(&self.executor))
+                    })
                 {
                     self.registry.unregister(&t);
                 }

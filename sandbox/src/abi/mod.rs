@@ -1,8 +1,8 @@
 //! The executors, one per [`PackFormat`], and the single dispatch point
-//! ([`load`] / [`invoke`]) that picks between them.
+//! (`load` / `invoke`, crate-private) that picks between them.
 //!
-//! Adding a format means: a variant in [`PackKind`], one arm in [`load`],
-//! one arm in [`invoke`]. Nothing else in the crate matches on formats.
+//! Adding a format means: a variant in `PackKind`, one arm in `load`,
+//! one arm in `invoke`. Nothing else in the crate matches on formats.
 
 pub mod component;
 pub(crate) mod host;
