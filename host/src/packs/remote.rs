@@ -687,3 +687,185 @@ pub fn openapi_path(err: &Value) -> Value {
                     "headers": {"Retry-After": {"schema": {"type": "integer"}}},
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}})
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target() -> RemoteTarget {
+        match ExecutorChoice::parse("remote:http://127.0.0.1:9/", Some("k".into())) {
+            Ok(ExecutorChoice::Remote(t)) => t,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn response(outcome: &str) -> ExecuteResponse {
+        ExecuteResponse {
+            outcome: outcome.into(),
+            output: None,
+            error: None,
+            interrupt: None,
+            cap_breach: None,
+            metrics: WireMetrics::default(),
+            pack: WirePack {
+                name: "p".into(),
+                version: "1.0.0".into(),
+                sha256: "00".repeat(32),
+            },
+            logs: vec![],
+            logs_dropped: 0,
+            stdout: String::new(),
+            stderr: String::new(),
+        }
+    }
+
+    #[test]
+    fn executor_choice_parses_local_and_remote_and_refuses_the_rest() {
+        assert!(matches!(
+            ExecutorChoice::parse("local", None),
+            Ok(ExecutorChoice::Local)
+        ));
+        let t = target();
+        assert_eq!(
+            t.execute_url.as_str(),
+            "http://127.0.0.1:9/v1/x-wopbox/execute"
+        );
+        assert!(
+            !format!("{t:?}").contains("\"k\""),
+            "the key is never printed"
+        );
+        let prefixed = match ExecutorChoice::parse("remote:https://tier.example/base/", None) {
+            Ok(ExecutorChoice::Remote(t)) => t.execute_url.to_string(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(prefixed, "https://tier.example/base/v1/x-wopbox/execute");
+        for bad in [
+            "remote",
+            "remote:",
+            "remote:ftp://x",
+            "remote:not a url",
+            "wasm",
+        ] {
+            assert!(ExecutorChoice::parse(bad, None).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn request_limits_only_tighten() {
+        let pack = Limits::default()
+            .with_wall_clock(Duration::from_millis(1000))
+            .with_memory_bytes(64 << 20)
+            .with_fuel(Some(1_000));
+        let l = tightened(
+            &pack,
+            &WireLimits {
+                wall_clock_ms: Some(50),
+                memory_bytes: Some(1 << 40),
+                fuel: Some(u64::MAX),
+            },
+        )
+        .unwrap();
+        assert_eq!(l.wall_clock, Duration::from_millis(50));
+        assert_eq!(l.memory_bytes, 64 << 20);
+        assert_eq!(l.fuel, Some(1_000));
+        let unmetered = pack.clone().with_fuel(None);
+        let l = tightened(
+            &unmetered,
+            &WireLimits {
+                fuel: Some(7),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(l.fuel, Some(7));
+        assert!(tightened(
+            &pack,
+            &WireLimits {
+                wall_clock_ms: Some(0),
+                ..Default::default()
+            }
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn pack_refs_and_unknown_fields() {
+        let r: ExecuteRequest =
+            serde_json::from_value(json!({"pack": "@v/x@1.0.0", "typeId": "t"})).unwrap();
+        assert_eq!(r.pack, PackRef::Spec("@v/x@1.0.0".into()));
+        let r: ExecuteRequest =
+            serde_json::from_value(json!({"pack": {"sha256": "ab"}, "typeId": "t"})).unwrap();
+        assert_eq!(
+            r.pack,
+            PackRef::Hash {
+                sha256: "ab".into()
+            }
+        );
+        assert!(serde_json::from_value::<ExecuteRequest>(
+            json!({"pack": "x@1", "typeId": "t", "tenantId": "other"})
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn remote_answers_become_the_node_results_a_local_run_gives() {
+        let t = target();
+        let mut r = response("failed");
+        r.error = Some(WireError {
+            code: "sandbox_memory_exceeded".into(),
+            message: "m".into(),
+            details: json!({"limitBytes": 8}),
+            retryable: false,
+            source: "sandbox".into(),
+        });
+        r.cap_breach = Some(json!({"kind": "wasm-memory", "limit": 8, "observed": 16}));
+        let res = to_node_result(r, "bomb", &t);
+        assert_eq!(res.events.len(), 1);
+        assert_eq!(res.events[0].event_type, "cap.breached");
+        assert_eq!(res.events[0].payload["nodeId"], "bomb");
+        assert_eq!(res.events[0].payload["kind"], "wasm-memory");
+        let e = res.outcome.error_json().unwrap();
+        assert_eq!(e["code"], "sandbox_memory_exceeded");
+        assert_eq!(e["details"]["limitBytes"], 8);
+
+        let mut g = response("failed");
+        g.error = Some(WireError {
+            code: "bad_input".into(),
+            message: "no".into(),
+            details: json!({"field": "x"}),
+            retryable: true,
+            source: "guest".into(),
+        });
+        let e = to_node_result(g, "n", &t).outcome.error_json().unwrap();
+        assert_eq!(
+            (e["code"].clone(), e["retryable"].clone()),
+            (json!("bad_input"), json!(false))
+        );
+        assert_eq!(e["details"]["guestDetails"]["field"], "x");
+
+        let e = to_node_result(response("suspended"), "n", &t)
+            .outcome
+            .error_json()
+            .unwrap();
+        assert_eq!(e["code"], "wasm_suspend_not_implemented");
+        for garbled in [response("exploded"), response("failed")] {
+            let e = to_node_result(garbled, "n", &t)
+                .outcome
+                .error_json()
+                .unwrap();
+            assert_eq!(
+                (e["code"].clone(), e["retryable"].clone()),
+                (json!(RUNNER_UNAVAILABLE), json!(true))
+            );
+        }
+        let mut ok = response("completed");
+        ok.output = Some(json!({"a": 1}));
+        match to_node_result(ok, "n", &t).outcome {
+            NodeOutcome::Completed { output, metrics } => {
+                assert_eq!(output, json!({"a": 1}));
+                assert_eq!(metrics.unwrap()["executor"], "remote");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
