@@ -39,11 +39,13 @@ async fn main() -> Result<(), ExampleError> {
 
     // One sandbox per process (no global state: it is an ordinary value,
     // cheap to clone). Host-wide defaults and concurrency bounds live here.
-    let mut config = SandboxConfig::default();
-    config.default_limits = Limits::default()
-        .with_wall_clock(Duration::from_secs(2))
-        .with_memory_bytes(32 << 20);
-    config.max_concurrent = 2;
+    let config = SandboxConfig {
+        default_limits: Limits::default()
+            .with_wall_clock(Duration::from_secs(2))
+            .with_memory_bytes(32 << 20),
+        max_concurrent: 2,
+        ..SandboxConfig::default()
+    };
     let sandbox = Sandbox::new(config)?;
 
     // A well-behaved pack, loaded with explicit grants (none: pure compute;
