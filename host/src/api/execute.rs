@@ -77,3 +77,30 @@ async fn execute(
         execute_for_tenant(&service, &principal.tenant, req).await?,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::response::IntoResponse;
+
+    #[test]
+    fn refusals_map_to_statuses_and_an_overload_says_when_to_retry() {
+        let overloaded: ApiError = ExecuteError::Overloaded { queued: 9 }.into();
+        let resp = overloaded.into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers().get(header::RETRY_AFTER).unwrap(), "1");
+        let unknown: ApiError = ExecuteError::UnknownNodeType {
+            pack: "p@1".into(),
+            type_id: "t".into(),
+        }
+        .into();
+        assert_eq!(
+            (unknown.status, unknown.code.as_str()),
+            (StatusCode::NOT_FOUND, "unsupported_node_type")
+        );
+        let missing: ApiError = ExecuteError::UnknownPack("p@1".into()).into();
+        assert_eq!(missing.status, StatusCode::NOT_FOUND);
+        let bad: ApiError = ExecuteError::Invalid("x".into()).into();
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    }
+}
