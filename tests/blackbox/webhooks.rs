@@ -364,6 +364,71 @@ async fn register_returns_secret_once_and_delete_semantics() {
 }
 
 #[tokio::test]
+async fn idempotency_key_replays_registration() {
+    let h = Host::start().await;
+    let body = json!({"url": "https://93.184.215.14/hook", "events": ["run.completed"]});
+    let send = |key: &'static str, body: Value| {
+        let req = h
+            .req(Method::POST, "/v1/webhooks")
+            .header("idempotency-key", key)
+            .json(&body);
+        async move { req.send().await.unwrap() }
+    };
+    let first = send("wh-key-1", body.clone()).await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    assert!(first.headers().get("openwop-idempotent-replay").is_none());
+    let (_, first) = read(first).await;
+    let again = send("wh-key-1", body.clone()).await;
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(
+        again
+            .headers()
+            .get("openwop-idempotent-replay")
+            .and_then(|v| v.to_str().ok()),
+        Some("true")
+    );
+    let (_, again) = read(again).await;
+    assert_eq!(
+        again, first,
+        "same subscription, same secret, no second registration"
+    );
+
+    let (status, resp) = read(
+        send(
+            "wh-key-1",
+            json!({"url": "https://93.184.215.14/other", "events": ["run.completed"]}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_envelope(&resp, "idempotency_key_mismatch");
+    assert!(resp.get("webhookId").is_none() && resp["details"].get("webhookId").is_none());
+
+    let (_, other) = read(send("wh-key-2", body).await).await;
+    assert_ne!(other["webhookId"], first["webhookId"]);
+    // Rejected requests are not cached: fixing the body under the same key works.
+    let (status, _) = read(
+        send(
+            "wh-key-3",
+            json!({"url": "https://10.0.0.1/", "events": ["run.completed"]}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = read(
+        send(
+            "wh-key-3",
+            json!({"url": "https://93.184.215.14/x", "events": ["run.completed"]}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+}
+
+#[tokio::test]
 async fn ssrf_guard_rejects_non_public_and_non_https_urls() {
     let h = Host::start().await;
     let cases = [

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Extension, Router};
@@ -14,9 +14,11 @@ use serde_json::{json, Value};
 use super::auth::Auth;
 use super::body::JsonBody;
 use super::error::ApiError;
+use super::runs::{idempotency_key, idempotency_scope, REPLAY_HEADER};
 use super::AppState;
+use crate::engine::{canonical_json, sha256_hex};
 use crate::webhooks::ssrf::Rejection;
-use crate::webhooks::{Registration, WebhookError, WebhookService};
+use crate::webhooks::{IdempotencyScope, Registered, Registration, WebhookError, WebhookService};
 
 const MAX_EVENT_TYPES: usize = 64;
 const MAX_TAGS: usize = 64;
@@ -94,8 +96,10 @@ async fn register(
     State(_st): State<AppState>,
     Extension(svc): Extension<Arc<WebhookService>>,
     Auth(principal): Auth,
+    headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
+    let idem_key = idempotency_key(&headers)?;
     let obj = body
         .as_object()
         .ok_or_else(|| ApiError::validation("request body must be a JSON object"))?;
@@ -143,28 +147,32 @@ async fn register(
         tenant_id,
         principal_id: principal.id.clone(),
     };
-    let sub = match svc.register(reg).await {
-        Ok(s) => s,
-        Err(WebhookError::Url(r)) => return Err(url_error(r)),
-        Err(WebhookError::Store(e)) => return Err(e.into()),
-    };
-    let mut resp = json!({
-        "webhookId": sub.webhook_id,
-        "subscriptionId": sub.webhook_id,
-        "secret": sub.secret,
-        "secretFingerprint": sub.secret_fingerprint,
-        "url": sub.url,
-        "events": sub.events,
-        "eventTypes": sub.events,
-        "tenantId": sub.tenant_id,
-        "createdAt": sub.created_at,
-        "signatureAlgorithm": crate::webhooks::signing::ALGORITHM,
-        "status": "active",
+    // Validation errors are never cached: the claim is made only for a well-formed request.
+    let idem = idem_key.map(|k| IdempotencyScope {
+        scope_key: idempotency_scope(&principal, "POST /v1/webhooks", &k),
+        request_digest: sha256_hex(canonical_json(&body).as_bytes()),
     });
-    if let Some(t) = &sub.tags {
-        resp["tags"] = json!(t);
+    match svc.register(reg, idem).await {
+        Ok(Registered::Created { body, .. }) => {
+            Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+        }
+        Ok(Registered::Replay { status, body }) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED);
+            let mut resp = (status, axum::Json(body)).into_response();
+            resp.headers_mut().insert(
+                HeaderName::from_static(REPLAY_HEADER),
+                HeaderValue::from_static("true"),
+            );
+            Ok(resp)
+        }
+        Ok(Registered::KeyMismatch) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_key_mismatch",
+            "this Idempotency-Key was already used with a different request body",
+        )),
+        Err(WebhookError::Url(r)) => Err(url_error(r)),
+        Err(WebhookError::Store(e)) => Err(e.into()),
     }
-    Ok((StatusCode::CREATED, axum::Json(resp)).into_response())
 }
 
 fn url_error(r: Rejection) -> ApiError {

@@ -6,7 +6,7 @@
 
 use async_trait::async_trait;
 
-use super::StoreResult;
+use super::{CreateRunOutcome, IdempotencyClaim, StoreResult};
 
 #[derive(Debug, Clone)]
 pub struct Subscription {
@@ -79,7 +79,13 @@ pub enum AttemptOutcome {
 
 #[async_trait]
 pub trait WebhookStore: Send + Sync {
-    async fn insert_subscription(&self, sub: &Subscription) -> StoreResult<()>;
+    /// Insert a subscription. With an idempotency claim, the key check and the insert are one
+    /// transaction: a replayed key returns the cached response instead (`Created` otherwise).
+    async fn insert_subscription(
+        &self,
+        sub: &Subscription,
+        idem: Option<&IdempotencyClaim>,
+    ) -> StoreResult<CreateRunOutcome>;
     async fn get_subscription(&self, webhook_id: &str) -> StoreResult<Option<Subscription>>;
     async fn list_active_subscriptions(&self) -> StoreResult<Vec<Subscription>>;
     /// Mark a subscription deleted and cancel its pending deliveries. False if it was not active.

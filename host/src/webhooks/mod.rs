@@ -26,7 +26,9 @@ use tokio::sync::{mpsc, Notify};
 use crate::audit::AuditLog;
 use crate::events::EventSink;
 use crate::store::webhooks::{Delivery, NewDelivery, Subscription};
-use crate::store::{ts, EventRecord, Store, StoreError, StoreResult};
+use crate::store::{
+    ts, CreateRunOutcome, EventRecord, IdempotencyClaim, Store, StoreError, StoreResult,
+};
 use config::WebhookArgs;
 use ssrf::EgressPolicy;
 
@@ -42,6 +44,45 @@ pub enum WebhookError {
     Url(#[from] ssrf::Rejection),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// What a registration produced.
+#[derive(Debug, Clone)]
+pub enum Registered {
+    /// A new subscription; the body is the 201 response (it carries the secret).
+    Created { sub: Subscription, body: Value },
+    /// Same Idempotency-Key, same request: the original 201 response.
+    Replay { status: u16, body: Value },
+    /// Same Idempotency-Key, different request.
+    KeyMismatch,
+}
+
+/// An Idempotency-Key claim for a registration: storage scope key and request digest.
+#[derive(Debug, Clone)]
+pub struct IdempotencyScope {
+    pub scope_key: String,
+    pub request_digest: String,
+}
+
+/// The 201 body: the spec's fields plus the aliases SDKs read (`subscriptionId`, `eventTypes`).
+pub fn registration_body(sub: &Subscription) -> Value {
+    let mut body = json!({
+        "webhookId": sub.webhook_id,
+        "subscriptionId": sub.webhook_id,
+        "secret": sub.secret,
+        "secretFingerprint": sub.secret_fingerprint,
+        "url": sub.url,
+        "events": sub.events,
+        "eventTypes": sub.events,
+        "tenantId": sub.tenant_id,
+        "createdAt": sub.created_at,
+        "signatureAlgorithm": signing::ALGORITHM,
+        "status": "active",
+    });
+    if let Some(t) = &sub.tags {
+        body["tags"] = json!(t);
+    }
+    body
 }
 
 /// A validated registration request.
@@ -62,6 +103,9 @@ pub struct WebhookService {
     audit: Option<Arc<AuditLog>>,
     /// Active subscriptions (source of truth is the store; this is read on every event).
     subs: RwLock<Vec<Subscription>>,
+    /// In-memory fan-out positions of live runs (the stored watermark may lag behind: it only
+    /// moves with outbox rows, see `fanout_run`).
+    marks: Mutex<HashMap<String, i64>>,
     /// Run ids queued for fan-out, so a burst of appends queues each run once.
     queued: Mutex<HashSet<String>>,
     fanout_tx: mpsc::UnboundedSender<String>,
@@ -90,6 +134,7 @@ impl WebhookService {
             client,
             audit,
             subs: RwLock::new(Vec::new()),
+            marks: Mutex::new(HashMap::new()),
             queued: Mutex::new(HashSet::new()),
             fanout_tx,
             fanout_rx: Mutex::new(Some(fanout_rx)),
@@ -153,7 +198,11 @@ impl WebhookService {
 
     /// Validate the URL (statically and by its current DNS answer), store the subscription and
     /// return it with its secret — the only time the secret leaves the host.
-    pub async fn register(&self, reg: Registration) -> Result<Subscription, WebhookError> {
+    pub async fn register(
+        &self,
+        reg: Registration,
+        idem: Option<IdempotencyScope>,
+    ) -> Result<Registered, WebhookError> {
         let url = ssrf::check_url(&reg.url, self.policy)?;
         ssrf::check_resolved(&url, self.policy, Duration::from_secs(2)).await?;
         let secret = signing::generate_secret();
@@ -169,7 +218,20 @@ impl WebhookService {
             status: "active".into(),
             created_at: ts(Utc::now()),
         };
-        self.store.insert_subscription(&sub).await?;
+        let body = registration_body(&sub);
+        let claim = idem.map(|i| IdempotencyClaim {
+            scope_key: i.scope_key,
+            request_digest: i.request_digest,
+            response_status: 201,
+            response_body: body.clone(),
+        });
+        match self.store.insert_subscription(&sub, claim.as_ref()).await? {
+            CreateRunOutcome::Created => {}
+            CreateRunOutcome::Replay { status, body } => {
+                return Ok(Registered::Replay { status, body })
+            }
+            CreateRunOutcome::Mismatch => return Ok(Registered::KeyMismatch),
+        }
         self.subs
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -184,7 +246,7 @@ impl WebhookService {
             )
             .await;
         }
-        Ok(sub)
+        Ok(Registered::Created { sub, body })
     }
 
     /// The subscription if it is active and belongs to `tenant` (otherwise it does not exist
@@ -265,7 +327,16 @@ impl WebhookService {
         let Some(run) = self.store.get_run(run_id).await? else {
             return Ok(());
         };
-        let mut next = self.store.fanout_watermark(run_id).await?;
+        let cached = self
+            .marks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(run_id)
+            .copied();
+        let mut next = match cached {
+            Some(n) => n,
+            None => self.store.fanout_watermark(run_id).await?,
+        };
         loop {
             let events = self
                 .store
@@ -275,14 +346,27 @@ impl WebhookService {
                 return Ok(());
             };
             let deliveries = self.deliveries_for(&run, &events);
-            let any = !deliveries.is_empty();
-            self.store
-                .commit_fanout(run_id, last + 1, &deliveries)
-                .await?;
-            if any {
-                self.wake.notify_one();
+            // The watermark only needs to move with new outbox rows (and once at the end of the
+            // run): re-reading a batch without matches after a crash is harmless, and skipping
+            // the write keeps the shared writer connection free for the runs themselves.
+            let terminal = events.iter().any(EventRecord::is_terminal);
+            if !deliveries.is_empty() || terminal {
+                self.store
+                    .commit_fanout(run_id, last + 1, &deliveries)
+                    .await?;
+                if !deliveries.is_empty() {
+                    self.wake.notify_one();
+                }
             }
             next = last + 1;
+            {
+                let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+                if terminal {
+                    marks.remove(run_id);
+                } else {
+                    marks.insert(run_id.to_string(), next);
+                }
+            }
             if (events.len() as i64) < FANOUT_PAGE {
                 return Ok(());
             }
@@ -418,6 +502,13 @@ impl WebhookService {
     }
 
     async fn deliver(self: Arc<Self>, sub: Subscription, d: Delivery) {
+        // The due list may have been read before a previous attempt on this row was recorded:
+        // only the attempt that finds the row exactly as listed goes ahead (no double sends).
+        let current = self.store.get_delivery(&d.delivery_id).await;
+        if !matches!(&current, Ok(Some(c)) if c.status == "pending" && c.attempts == d.attempts) {
+            self.release(&sub.webhook_id, &d.delivery_id);
+            return;
+        }
         let attempts = u32::try_from(d.attempts)
             .unwrap_or(u32::MAX)
             .saturating_add(1);
@@ -444,10 +535,14 @@ impl WebhookService {
         {
             tracing::error!(delivery = %d.delivery_id, error = %e, "could not record webhook attempt");
         }
+        self.release(&sub.webhook_id, &d.delivery_id);
+    }
+
+    fn release(&self, webhook_id: &str, delivery_id: &str) {
         {
             let mut g = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-            g.0.remove(&d.delivery_id);
-            if let Some(c) = g.1.get_mut(&sub.webhook_id) {
+            g.0.remove(delivery_id);
+            if let Some(c) = g.1.get_mut(webhook_id) {
                 *c = c.saturating_sub(1);
             }
         }

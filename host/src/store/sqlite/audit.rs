@@ -78,7 +78,7 @@ impl AuditStore for SqliteStore {
 
     async fn audit_head(&self) -> StoreResult<i64> {
         let row: (Option<i64>,) = sqlx::query_as("SELECT MAX(seq) FROM audit_log")
-            .fetch_one(&self.writer)
+            .fetch_one(&self.reader)
             .await?;
         Ok(row.0.unwrap_or(0))
     }
@@ -105,7 +105,7 @@ impl AuditStore for SqliteStore {
 
     async fn audit_last_checkpoint(&self) -> StoreResult<Option<Checkpoint>> {
         let row = sqlx::query("SELECT * FROM audit_checkpoints ORDER BY at_sequence DESC LIMIT 1")
-            .fetch_optional(&self.writer)
+            .fetch_optional(&self.reader)
             .await?;
         row.as_ref().map(row_to_checkpoint).transpose()
     }

@@ -5,7 +5,7 @@ use sqlx::Row;
 
 use super::SqliteStore;
 use crate::store::webhooks::{AttemptOutcome, Delivery, NewDelivery, Subscription, WebhookStore};
-use crate::store::StoreResult;
+use crate::store::{CreateRunOutcome, IdempotencyClaim, StoreResult};
 
 fn row_to_subscription(r: &sqlx::sqlite::SqliteRow) -> StoreResult<Subscription> {
     let tags: Option<String> = r.try_get("tags")?;
@@ -44,7 +44,32 @@ fn row_to_delivery(r: &sqlx::sqlite::SqliteRow) -> StoreResult<Delivery> {
 
 #[async_trait]
 impl WebhookStore for SqliteStore {
-    async fn insert_subscription(&self, s: &Subscription) -> StoreResult<()> {
+    async fn insert_subscription(
+        &self,
+        s: &Subscription,
+        idem: Option<&IdempotencyClaim>,
+    ) -> StoreResult<CreateRunOutcome> {
+        let mut tx = self.writer.begin().await?;
+        if let Some(claim) = idem {
+            // The same Layer-1 record table as POST /v1/runs; scope keys include the endpoint.
+            let existing: Option<(String, i64, String)> = sqlx::query_as(
+                "SELECT request_digest, response_status, response_body FROM idempotency_keys WHERE scope_key = ?",
+            )
+            .bind(&claim.scope_key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((digest, status, body)) = existing {
+                tx.rollback().await?;
+                return Ok(if digest == claim.request_digest {
+                    CreateRunOutcome::Replay {
+                        status: status as u16,
+                        body: serde_json::from_str(&body)?,
+                    }
+                } else {
+                    CreateRunOutcome::Mismatch
+                });
+            }
+        }
         sqlx::query(
             "INSERT INTO webhook_subscriptions (webhook_id, tenant_id, principal_id, url, events, tags, secret,
                secret_fingerprint, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -59,9 +84,23 @@ impl WebhookStore for SqliteStore {
         .bind(&s.secret_fingerprint)
         .bind(&s.status)
         .bind(&s.created_at)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        if let Some(claim) = idem {
+            sqlx::query(
+                "INSERT INTO idempotency_keys (scope_key, request_digest, response_status, response_body, created_at)
+                 VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(&claim.scope_key)
+            .bind(&claim.request_digest)
+            .bind(i64::from(claim.response_status))
+            .bind(claim.response_body.to_string())
+            .bind(&s.created_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(CreateRunOutcome::Created)
     }
 
     async fn get_subscription(&self, webhook_id: &str) -> StoreResult<Option<Subscription>> {
@@ -76,7 +115,7 @@ impl WebhookStore for SqliteStore {
         let rows = sqlx::query(
             "SELECT * FROM webhook_subscriptions WHERE status = 'active' ORDER BY created_at",
         )
-        .fetch_all(&self.writer)
+        .fetch_all(&self.reader)
         .await?;
         rows.iter().map(row_to_subscription).collect()
     }
@@ -107,7 +146,7 @@ impl WebhookStore for SqliteStore {
         let row: Option<(i64,)> =
             sqlx::query_as("SELECT next_sequence FROM webhook_fanout WHERE run_id = ?")
                 .bind(run_id)
-                .fetch_optional(&self.writer)
+                .fetch_optional(&self.reader)
                 .await?;
         Ok(row.map(|r| r.0).unwrap_or(0))
     }
@@ -154,7 +193,7 @@ impl WebhookStore for SqliteStore {
              WHERE r.updated_at >= ? AND r.next_sequence > COALESCE(f.next_sequence, 0) ORDER BY r.updated_at",
         )
         .bind(since)
-        .fetch_all(&self.writer)
+        .fetch_all(&self.reader)
         .await?;
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
@@ -172,7 +211,7 @@ impl WebhookStore for SqliteStore {
         .bind(webhook_id)
         .bind(now_ms)
         .bind(limit)
-        .fetch_all(&self.writer)
+        .fetch_all(&self.reader)
         .await?;
         rows.iter().map(row_to_delivery).collect()
     }
@@ -181,7 +220,7 @@ impl WebhookStore for SqliteStore {
         let row: (Option<i64>,) = sqlx::query_as(
             "SELECT MIN(next_attempt_ms) FROM webhook_deliveries WHERE status = 'pending'",
         )
-        .fetch_one(&self.writer)
+        .fetch_one(&self.reader)
         .await?;
         Ok(row.0)
     }
@@ -311,8 +350,8 @@ mod tests {
     async fn outbox_lifecycle_in_sqlite() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).await.unwrap();
-        store.insert_subscription(&sub("wh_a")).await.unwrap();
-        store.insert_subscription(&sub("wh_b")).await.unwrap();
+        store.insert_subscription(&sub("wh_a"), None).await.unwrap();
+        store.insert_subscription(&sub("wh_b"), None).await.unwrap();
         assert_eq!(
             store.get_subscription("wh_a").await.unwrap().unwrap().tags,
             Some(vec!["prod".to_string()])
