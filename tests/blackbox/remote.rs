@@ -134,8 +134,14 @@ async fn execute_api_runs_one_node_with_metrics_tightened_limits_and_typed_refus
 
 #[tokio::test]
 async fn orchestrator_delegates_honest_and_hostile_pack_nodes_to_the_isolation_tier() {
-    let tier = host(&[]).await;
-    let orch = orchestrator(&tier.base, &[]).await;
+    // Unmetered on both tiers, so only wall clocks stop the spinner: the tier's (300 ms) is
+    // tighter than the orchestrator's (1 s) and must win.
+    let tier = host(&["--sandbox-wall-clock-ms".into(), "300".into(), "--sandbox-fuel".into(), "0".into()]).await;
+    let orch = orchestrator(&tier.base, &["--sandbox-fuel", "0"]).await;
+    for h in [&tier, &orch] {
+        let (s, b) = h.publish_module(&manifest(SPIN_PACK, "1.0.0", SPIN, json!({})), &spin_module()).await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+    }
     let wf = workflow(
         "remote-mix",
         json!([
@@ -166,6 +172,16 @@ async fn orchestrator_delegates_honest_and_hostile_pack_nodes_to_the_isolation_t
     let failed = find(&events, "node.failed", "bomb");
     assert_eq!(failed["payload"]["error"]["code"], "sandbox_memory_exceeded", "{failed}");
     let seq = |e: &Value| e["sequence"].as_i64().unwrap();
+    assert!(seq(breach) < seq(failed), "cap.breached precedes node.failed");
+
+    // A run fails at its first failed node, so the spinner gets a run of its own.
+    let (snap, events) = orch.run_single("remote-spin", SPIN, json!({})).await;
+    assert_eq!(snap["status"], "failed", "{snap}");
+    let breach = find(&events, "cap.breached", "n");
+    assert_eq!(breach["payload"]["kind"], "wasm-execution-time", "{breach}");
+    assert_eq!(breach["payload"]["limit"], 300, "the tighter (tier) wall clock applies: {breach}");
+    let failed = find(&events, "node.failed", "n");
+    assert_eq!(failed["payload"]["error"]["code"], "sandbox_timeout", "{failed}");
     assert!(seq(breach) < seq(failed), "cap.breached precedes node.failed");
 
     // With the tier gone, the orchestrator cannot run pack nodes itself: it reports the
