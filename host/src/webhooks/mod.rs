@@ -50,7 +50,7 @@ pub enum WebhookError {
 #[derive(Debug, Clone)]
 pub enum Registered {
     /// A new subscription; the body is the 201 response (it carries the secret).
-    Created { sub: Subscription, body: Value },
+    Created { webhook_id: String, body: Value },
     /// Same Idempotency-Key, same request: the original 201 response.
     Replay { status: u16, body: Value },
     /// Same Idempotency-Key, different request.
@@ -246,7 +246,10 @@ impl WebhookService {
             )
             .await;
         }
-        Ok(Registered::Created { sub, body })
+        Ok(Registered::Created {
+            webhook_id: sub.webhook_id,
+            body,
+        })
     }
 
     /// The subscription if it is active and belongs to `tenant` (otherwise it does not exist
