@@ -423,54 +423,48 @@ async fn refused_at_upload(h: &Host, tag: &str, import: &str, code: &str, detail
 #[tokio::test]
 async fn invariant_fs_env_network_process_and_capability_gate_refused_before_code_runs() {
     let h = Host::start().await;
-    refused_at_upload(
-        &h,
-        "fs",
-        r#"(import "wasi_snapshot_preview1" "fd_read" (func (param i32 i32 i32 i32) (result i32)))"#,
-        "sandbox_escape_attempt",
-        ("escapeKind", "host-fs-escape"),
-    )
-    .await;
-    refused_at_upload(
-        &h,
-        "fswrite",
-        r#"(import "wasi_snapshot_preview1" "path_open" (func (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))"#,
-        "sandbox_escape_attempt",
-        ("escapeKind", "host-fs-escape"),
-    )
-    .await;
-    refused_at_upload(
-        &h,
-        "env",
-        r#"(import "wasi_snapshot_preview1" "environ_get" (func (param i32 i32) (result i32)))"#,
-        "sandbox_escape_attempt",
-        ("escapeKind", "host-env-leak"),
-    )
-    .await;
-    refused_at_upload(
-        &h,
-        "net",
-        r#"(import "wasi_snapshot_preview1" "sock_connect" (func (param i32 i32) (result i32)))"#,
-        "sandbox_escape_attempt",
-        ("escapeKind", "network-escape"),
-    )
-    .await;
-    refused_at_upload(
-        &h,
-        "proc",
-        r#"(import "wasi_snapshot_preview1" "proc_exit" (func (param i32)))"#,
-        "sandbox_escape_attempt",
-        ("escapeKind", "host-process-escape"),
-    )
-    .await;
-    refused_at_upload(
-        &h,
-        "cap",
-        r#"(import "openwop" "privileged" (func (param i32) (result i32)))"#,
-        "sandbox_capability_denied",
-        ("requestedCapability", "privileged"),
-    )
-    .await;
+    // (tag, import line, expected sandbox code, (detail field, expected value))
+    let cases = [
+        (
+            "fs",
+            r#"(import "wasi_snapshot_preview1" "fd_read" (func (param i32 i32 i32 i32) (result i32)))"#,
+            "sandbox_escape_attempt",
+            ("escapeKind", "host-fs-escape"),
+        ),
+        (
+            "fswrite",
+            r#"(import "wasi_snapshot_preview1" "path_open" (func (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))"#,
+            "sandbox_escape_attempt",
+            ("escapeKind", "host-fs-escape"),
+        ),
+        (
+            "env",
+            r#"(import "wasi_snapshot_preview1" "environ_get" (func (param i32 i32) (result i32)))"#,
+            "sandbox_escape_attempt",
+            ("escapeKind", "host-env-leak"),
+        ),
+        (
+            "net",
+            r#"(import "wasi_snapshot_preview1" "sock_connect" (func (param i32 i32) (result i32)))"#,
+            "sandbox_escape_attempt",
+            ("escapeKind", "network-escape"),
+        ),
+        (
+            "proc",
+            r#"(import "wasi_snapshot_preview1" "proc_exit" (func (param i32)))"#,
+            "sandbox_escape_attempt",
+            ("escapeKind", "host-process-escape"),
+        ),
+        (
+            "cap",
+            r#"(import "openwop" "privileged" (func (param i32) (result i32)))"#,
+            "sandbox_capability_denied",
+            ("requestedCapability", "privileged"),
+        ),
+    ];
+    for (tag, import, code, detail) in cases {
+        refused_at_upload(&h, tag, import, code, detail).await;
+    }
 }
 
 #[tokio::test]

@@ -22,6 +22,7 @@ use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
 
 use super::auth::Auth;
+use super::body::{read_bounded, BodyError};
 use super::error::ApiError;
 use super::AppState;
 use crate::packs::{PackError, PackService};
@@ -110,12 +111,11 @@ async fn publish(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    let body = axum::body::to_bytes(req.into_body(), limit)
-        .await
-        .map_err(|_| too_large())?;
+    let body = match read_bounded(req.into_body(), declared, limit).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => return Err(too_large()),
+        Err(BodyError::Broken) => return Err(ApiError::validation("the upload could not be read")),
+    };
     let asserted = headers.get("x-pack-sha256").and_then(|v| v.to_str().ok());
     let pack = service
         .publish(
