@@ -33,14 +33,32 @@ enum Kind {
     RunCancel { run_id: String },
     InterruptResolve { run_id: String, node_id: String },
     TokenResolve { token_fingerprint: String },
+    /// `PUT /v1/packs/{name}/-/{version}.tgz`: third-party code entering the host.
+    PackPublish { pack: String },
+    /// `DELETE /v1/packs/{name}/-/{version}`.
+    PackDelete { pack: String },
     Other,
 }
 
 fn classify(method: &Method, path: &str) -> Kind {
+    let segs: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    if let ["", "v1", "packs", name, "-", file] = segs.as_slice() {
+        return match *method {
+            Method::PUT => match file.strip_suffix(".tgz") {
+                Some(version) => Kind::PackPublish {
+                    pack: format!("{name}@{version}"),
+                },
+                None => Kind::Other,
+            },
+            Method::DELETE => Kind::PackDelete {
+                pack: format!("{name}@{file}"),
+            },
+            _ => Kind::Other,
+        };
+    }
     if method != Method::POST {
         return Kind::Other;
     }
-    let segs: Vec<&str> = path.trim_end_matches('/').split('/').collect();
     match segs.as_slice() {
         ["", "v1", "runs"] => Kind::RunCreate,
         ["", "v1", "runs", id, "cancel"] => Kind::RunCancel {
@@ -142,6 +160,16 @@ async fn record(
                 )
                 .await;
         }
+        Kind::PackPublish { pack } => {
+            ctx.audit
+                .record_or_log(&actor, "pack.publish", &pack, json!({"status": status.as_u16()}))
+                .await;
+        }
+        Kind::PackDelete { pack } => {
+            ctx.audit
+                .record_or_log(&actor, "pack.delete", &pack, json!({"status": status.as_u16()}))
+                .await;
+        }
         _ => {}
     }
     resp
@@ -165,6 +193,14 @@ mod tests {
             matches!(classify(&Method::POST, "/v1/runs/r1/interrupts/gate"),
             Kind::InterruptResolve { run_id, node_id } if run_id == "r1" && node_id == "gate")
         );
+        assert!(
+            matches!(classify(&Method::PUT, "/v1/packs/vendor.a.b/-/1.0.0.tgz"), Kind::PackPublish { pack } if pack == "vendor.a.b@1.0.0")
+        );
+        assert!(
+            matches!(classify(&Method::DELETE, "/v1/packs/vendor.a.b/-/1.0.0"), Kind::PackDelete { pack } if pack == "vendor.a.b@1.0.0")
+        );
+        assert!(matches!(classify(&Method::GET, "/v1/packs/vendor.a.b/-/1.0.0.tgz"), Kind::Other));
+        assert!(matches!(classify(&Method::PUT, "/v1/packs/vendor.a.b/-/1.0.0.json"), Kind::Other));
         match classify(&Method::POST, "/v1/interrupts/secret-token") {
             Kind::TokenResolve { token_fingerprint } => {
                 assert_eq!(token_fingerprint.len(), 16);
