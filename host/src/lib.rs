@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod engine;

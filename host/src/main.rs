@@ -27,6 +27,8 @@ enum Command {
     /// Work with workflow definitions on a running wopbox.
     #[command(subcommand)]
     Workflow(WorkflowCommand),
+    /// Load and scale benchmarks over loopback HTTP (docs/performance.md).
+    Bench(wopbox::bench::BenchArgs),
 }
 
 /// Where a client subcommand sends its requests.
@@ -95,6 +97,10 @@ async fn main() -> anyhow::Result<ExitCode> {
             let mut host = wopbox::Host::build(config).await?;
             wopbox::packs::attach(&mut host, &pack_args).await?;
             host.serve().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(args) => {
+            wopbox::bench::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Pack(PackCommand::Push { dir, remote }) => Ok(report(
