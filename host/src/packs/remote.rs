@@ -486,7 +486,14 @@ async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
 }
 
 /// Turns the remote's answer into the node result a local run would give.
-fn to_node_result(resp: ExecuteResponse, node_id: &str, target: &RemoteTarget) -> NodeResult {
+/// `round_trip` is the orchestrator's view of the call (request sent to
+/// answer read), reported next to the tier's own figures.
+fn to_node_result(
+    resp: ExecuteResponse,
+    node_id: &str,
+    target: &RemoteTarget,
+    round_trip: Duration,
+) -> NodeResult {
     let metrics = json!({
         "pack": resp.pack.name,
         "packVersion": resp.pack.version,
@@ -499,6 +506,7 @@ fn to_node_result(resp: ExecuteResponse, node_id: &str, target: &RemoteTarget) -
         "stdout": resp.stdout,
         "stderr": resp.stderr,
         "executor": "remote",
+        "roundTripMs": ms(round_trip),
     });
     match resp.outcome.as_str() {
         "completed" => NodeOutcome::Completed {
@@ -584,6 +592,7 @@ impl NodeExecutor for RemoteNodeExecutor {
         if let Some(k) = &t.api_key {
             rb = rb.bearer_auth(k);
         }
+        let sent = Instant::now();
         let resp = match rb.send().await {
             Ok(r) => r,
             Err(e) if e.is_timeout() => {
@@ -611,7 +620,7 @@ impl NodeExecutor for RemoteNodeExecutor {
                         r.pack.sha256, pack.record.entry_sha256
                     ),
                 ),
-                Ok(r) => to_node_result(r, &inv.ctx.node_id, t),
+                Ok(r) => to_node_result(r, &inv.ctx.node_id, t, sent.elapsed()),
                 Err(e) => unavailable(t, format!("malformed answer: {e}")),
             };
         }
@@ -819,7 +828,7 @@ mod tests {
             source: "sandbox".into(),
         });
         r.cap_breach = Some(json!({"kind": "wasm-memory", "limit": 8, "observed": 16}));
-        let res = to_node_result(r, "bomb", &t);
+        let res = to_node_result(r, "bomb", &t, Duration::ZERO);
         assert_eq!(res.events.len(), 1);
         assert_eq!(res.events[0].event_type, "cap.breached");
         assert_eq!(res.events[0].payload["nodeId"], "bomb");
@@ -836,20 +845,23 @@ mod tests {
             retryable: true,
             source: "guest".into(),
         });
-        let e = to_node_result(g, "n", &t).outcome.error_json().unwrap();
+        let e = to_node_result(g, "n", &t, Duration::ZERO)
+            .outcome
+            .error_json()
+            .unwrap();
         assert_eq!(
             (e["code"].clone(), e["retryable"].clone()),
             (json!("bad_input"), json!(false))
         );
         assert_eq!(e["details"]["guestDetails"]["field"], "x");
 
-        let e = to_node_result(response("suspended"), "n", &t)
+        let e = to_node_result(response("suspended"), "n", &t, Duration::ZERO)
             .outcome
             .error_json()
             .unwrap();
         assert_eq!(e["code"], "wasm_suspend_not_implemented");
         for garbled in [response("exploded"), response("failed")] {
-            let e = to_node_result(garbled, "n", &t)
+            let e = to_node_result(garbled, "n", &t, Duration::ZERO)
                 .outcome
                 .error_json()
                 .unwrap();
@@ -860,10 +872,12 @@ mod tests {
         }
         let mut ok = response("completed");
         ok.output = Some(json!({"a": 1}));
-        match to_node_result(ok, "n", &t).outcome {
+        match to_node_result(ok, "n", &t, Duration::from_millis(2)).outcome {
             NodeOutcome::Completed { output, metrics } => {
                 assert_eq!(output, json!({"a": 1}));
-                assert_eq!(metrics.unwrap()["executor"], "remote");
+                let m = metrics.unwrap();
+                assert_eq!(m["executor"], "remote");
+                assert_eq!(m["roundTripMs"], 2.0);
             }
             other => panic!("{other:?}"),
         }
