@@ -147,9 +147,9 @@ async fn orchestrator_delegates_honest_and_hostile_pack_nodes_to_the_isolation_t
         json!([
             node("greet", GREET, json!({}), static_ports(&json!({"name": "orchestrator"}))),
             node("bomb", BOMB, json!({}), json!({})),
-            node("after", GREET, json!({}), json!({})),
         ]),
-        json!([edge("e1", "greet", "after")]),
+        // In sequence: a run fails at its first failed node and cancels the rest.
+        json!([edge("e1", "greet", "bomb")]),
         json!([]),
     );
     orch.register(wf).await;
