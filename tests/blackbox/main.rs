@@ -13,7 +13,7 @@ mod idempotency;
 mod interop;
 mod packs;
 mod remote;
-mod sandbox_seam;
 mod runs;
+mod sandbox_seam;
 mod webhooks;
 mod workflows;

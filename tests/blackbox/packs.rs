@@ -19,7 +19,11 @@ pub fn packs_dir() -> PathBuf {
 async fn host_with_packs(extra: &[&str]) -> Host {
     let mut extra_args = vec!["--packs".to_string(), packs_dir().display().to_string()];
     extra_args.extend(extra.iter().map(|s| s.to_string()));
-    Host::start_with(Options { extra_args, ..Options::default() }).await
+    Host::start_with(Options {
+        extra_args,
+        ..Options::default()
+    })
+    .await
 }
 
 /// A gzipped tarball of (path, bytes) entries.
@@ -119,14 +123,24 @@ impl Host {
         let m = serde_json::to_vec(manifest).unwrap();
         let name = manifest["name"].as_str().unwrap();
         let version = manifest["version"].as_str().unwrap();
-        self.publish(name, version, tgz(&[("pack.json", &m), ("module.wasm", module)])).await
+        self.publish(
+            name,
+            version,
+            tgz(&[("pack.json", &m), ("module.wasm", module)]),
+        )
+        .await
     }
 
     /// Registers a one-node workflow `wf` running `type_id` with `ports` as static input values
     /// and returns the terminal snapshot and events of one run.
     pub async fn run_single(&self, wf: &str, type_id: &str, ports: Value) -> (Value, Vec<Value>) {
-        self.register(workflow(wf, json!([node("n", type_id, json!({}), static_ports(&ports))]), json!([]), json!([])))
-            .await;
+        self.register(workflow(
+            wf,
+            json!([node("n", type_id, json!({}), static_ports(&ports))]),
+            json!([]),
+            json!([]),
+        ))
+        .await;
         let run = self.create_run(wf, json!({})).await;
         let snap = self.wait_terminal(&run, Duration::from_secs(30)).await;
         let events = self.events(&run).await;
@@ -151,15 +165,32 @@ fn find<'a>(events: &'a [Value], ty: &str) -> &'a Value {
 }
 
 fn wopbox(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_wopbox")).args(args).env_remove("WOPBOX_URL").env_remove("WOPBOX_API_KEY").output().expect("run wopbox")
+    Command::new(env!("CARGO_BIN_EXE_wopbox"))
+        .args(args)
+        .env_remove("WOPBOX_URL")
+        .env_remove("WOPBOX_API_KEY")
+        .output()
+        .expect("run wopbox")
 }
 
 #[tokio::test]
 async fn cli_pushes_the_greeting_pack_registers_a_workflow_and_the_run_greets() {
     let h = Host::start().await;
     let greet = packs_dir().join("greet");
-    let out = wopbox(&["pack", "push", &greet.display().to_string(), "--url", &h.base, "--api-key", KEY]);
-    assert!(out.status.success(), "pack push failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = wopbox(&[
+        "pack",
+        "push",
+        &greet.display().to_string(),
+        "--url",
+        &h.base,
+        "--api-key",
+        KEY,
+    ]);
+    assert!(
+        out.status.success(),
+        "pack push failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let printed: Value = serde_json::from_slice(&out.stdout).expect("pack push prints JSON");
     assert_eq!(printed["name"], "vendor.wopbox.greet");
     assert_eq!(printed["typeIds"], json!(["vendor.wopbox.greet.hello"]));
@@ -168,13 +199,30 @@ async fn cli_pushes_the_greeting_pack_registers_a_workflow_and_the_run_greets() 
     let wf_file = dir.path().join("wf.json");
     let wf = workflow(
         "greet-wf",
-        json!([node("hello", "vendor.wopbox.greet.hello", json!({}), static_ports(&json!({"name": "Ada"})))]),
+        json!([node(
+            "hello",
+            "vendor.wopbox.greet.hello",
+            json!({}),
+            static_ports(&json!({"name": "Ada"}))
+        )]),
         json!([]),
         json!([]),
     );
     std::fs::write(&wf_file, serde_json::to_vec(&wf).unwrap()).unwrap();
-    let out = wopbox(&["workflow", "put", &wf_file.display().to_string(), "--url", &h.base, "--api-key", KEY]);
-    assert!(out.status.success(), "workflow put failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = wopbox(&[
+        "workflow",
+        "put",
+        &wf_file.display().to_string(),
+        "--url",
+        &h.base,
+        "--api-key",
+        KEY,
+    ]);
+    assert!(
+        out.status.success(),
+        "workflow put failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let run = h.create_run("greet-wf", json!({})).await;
     let snap = h.wait_terminal(&run, Duration::from_secs(30)).await;
@@ -184,7 +232,10 @@ async fn cli_pushes_the_greeting_pack_registers_a_workflow_and_the_run_greets() 
     assert_eq!(done["payload"]["outputs"]["greeting"], "Hello, Ada!");
     let metrics = &done["payload"]["metrics"];
     assert!(metrics["fuelConsumed"].as_u64().unwrap() > 0, "{metrics}");
-    assert!(metrics["peakMemoryBytes"].as_u64().unwrap() >= 65536, "{metrics}");
+    assert!(
+        metrics["peakMemoryBytes"].as_u64().unwrap() >= 65536,
+        "{metrics}"
+    );
     assert!(metrics["durationMs"].as_f64().is_some(), "{metrics}");
     assert_eq!(metrics["pack"], "vendor.wopbox.greet");
 }
@@ -193,17 +244,44 @@ async fn cli_pushes_the_greeting_pack_registers_a_workflow_and_the_run_greets() 
 async fn cli_push_exits_non_zero_with_the_servers_error() {
     let h = Host::start().await;
     let abi = packs_dir().join("misbehaving-abi");
-    let out = wopbox(&["pack", "push", &abi.display().to_string(), "--url", &h.base, "--api-key", KEY]);
+    let out = wopbox(&[
+        "pack",
+        "push",
+        &abi.display().to_string(),
+        "--url",
+        &h.base,
+        "--api-key",
+        KEY,
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("pack_load_failure") && err.contains("unsupported_abi_version"), "{err}");
+    assert!(
+        err.contains("pack_load_failure") && err.contains("unsupported_abi_version"),
+        "{err}"
+    );
     // Wrong key: 401 surfaces as an error too.
     let greet = packs_dir().join("greet");
-    let out = wopbox(&["pack", "push", &greet.display().to_string(), "--url", &h.base, "--api-key", "nope"]);
+    let out = wopbox(&[
+        "pack",
+        "push",
+        &greet.display().to_string(),
+        "--url",
+        &h.base,
+        "--api-key",
+        "nope",
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unauthenticated"));
     // A directory without pack.json never reaches the server.
-    let out = wopbox(&["pack", "push", "/nonexistent-dir", "--url", &h.base, "--api-key", KEY]);
+    let out = wopbox(&[
+        "pack",
+        "push",
+        "/nonexistent-dir",
+        "--url",
+        &h.base,
+        "--api-key",
+        KEY,
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("pack.json"));
 }
@@ -212,7 +290,9 @@ async fn cli_push_exits_non_zero_with_the_servers_error() {
 async fn registry_routes_list_get_fetch_and_delete() {
     let h = Host::start().await;
     let module = std::fs::read(packs_dir().join("greet/greet.wasm")).unwrap();
-    let mut m: Value = serde_json::from_slice(&std::fs::read(packs_dir().join("greet/pack.json")).unwrap()).unwrap();
+    let mut m: Value =
+        serde_json::from_slice(&std::fs::read(packs_dir().join("greet/pack.json")).unwrap())
+            .unwrap();
     m["runtime"]["entry"] = json!("module.wasm");
     let (s, body) = h.publish_module(&m, &module).await;
     assert_eq!(s, StatusCode::CREATED, "{body}");
@@ -225,41 +305,74 @@ async fn registry_routes_list_get_fetch_and_delete() {
 
     let (s, list) = h.get("/v1/packs").await;
     assert_eq!(s, StatusCode::OK);
-    assert!(list["packs"].as_array().unwrap().iter().any(|p| p["name"] == "vendor.wopbox.greet"));
+    assert!(list["packs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == "vendor.wopbox.greet"));
     let (s, v) = h.get("/v1/packs/vendor.wopbox.greet").await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["dist-tags"]["latest"], "1.0.0");
     let (s, man) = h.get("/v1/packs/vendor.wopbox.greet/-/1.0.0.json").await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(man["name"], "vendor.wopbox.greet");
-    let resp = h.req(Method::GET, "/v1/packs/vendor.wopbox.greet/-/1.0.0.tgz").send().await.unwrap();
+    let resp = h
+        .req(Method::GET, "/v1/packs/vendor.wopbox.greet/-/1.0.0.tgz")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["content-type"], "application/tar+gzip");
-    assert!(resp.headers()["etag"].to_str().unwrap().starts_with("\"sha256-"));
+    assert!(resp.headers()["etag"]
+        .to_str()
+        .unwrap()
+        .starts_with("\"sha256-"));
     assert!(resp.bytes().await.unwrap().starts_with(&[0x1f, 0x8b]));
 
     // Delete: the node type disappears with it.
-    let resp = h.req(Method::DELETE, "/v1/packs/vendor.wopbox.greet/-/1.0.0").send().await.unwrap();
+    let resp = h
+        .req(Method::DELETE, "/v1/packs/vendor.wopbox.greet/-/1.0.0")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     let (s, body) = h.get("/v1/packs/vendor.wopbox.greet").await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_envelope(&body, "not_found");
     let (s, body) = h
-        .post("/v1/workflows", workflow("gone", json!([node("n", "vendor.wopbox.greet.hello", json!({}), json!({}))]), json!([]), json!([])))
+        .post(
+            "/v1/workflows",
+            workflow(
+                "gone",
+                json!([node("n", "vendor.wopbox.greet.hello", json!({}), json!({}))]),
+                json!([]),
+                json!([]),
+            ),
+        )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
-    let resp = h.req(Method::DELETE, "/v1/packs/vendor.wopbox.greet/-/1.0.0").send().await.unwrap();
+    let resp = h
+        .req(Method::DELETE, "/v1/packs/vendor.wopbox.greet/-/1.0.0")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
 async fn bad_uploads_get_precise_errors_and_leave_nothing_behind() {
-    let h = Host::start_with(Options { extra_args: vec!["--max-pack-bytes".into(), "200000".into()], ..Options::default() }).await;
+    let h = Host::start_with(Options {
+        extra_args: vec!["--max-pack-bytes".into(), "200000".into()],
+        ..Options::default()
+    })
+    .await;
     let module = rfc0008_module("vendor.test.ok", "vendor.test.ok.node", "", "(call $ok)");
     let good = manifest("vendor.test.ok", "1.0.0", "vendor.test.ok.node", json!({}));
 
     // Not a tarball.
-    let (s, b) = h.publish("vendor.test.ok", "1.0.0", b"definitely not gzip".to_vec()).await;
+    let (s, b) = h
+        .publish("vendor.test.ok", "1.0.0", b"definitely not gzip".to_vec())
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_envelope(&b, "invalid_pack_archive");
     // Wrong content type.
@@ -274,11 +387,17 @@ async fn bad_uploads_get_precise_errors_and_leave_nothing_behind() {
     assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert_envelope(&b, "unsupported_media_type");
     // Integrity header that does not match.
-    let body = tgz(&[("pack.json", &serde_json::to_vec(&good).unwrap()), ("module.wasm", &module)]);
+    let body = tgz(&[
+        ("pack.json", &serde_json::to_vec(&good).unwrap()),
+        ("module.wasm", &module),
+    ]);
     let resp = h
         .req(Method::PUT, "/v1/packs/vendor.test.ok/-/1.0.0.tgz")
         .header("content-type", "application/gzip")
-        .header("x-pack-sha256", "sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+        .header(
+            "x-pack-sha256",
+            "sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        )
         .body(body.clone())
         .send()
         .await
@@ -298,23 +417,49 @@ async fn bad_uploads_get_precise_errors_and_leave_nothing_behind() {
     assert_envelope(&b, "invalid_manifest");
     assert_eq!(b["details"]["path"], "/nodes/0/typeId");
     // Reserved scope and other runtimes.
-    let (s, b) = h.publish_module(&manifest("core.test.x", "1.0.0", "vendor.test.ok.node", json!({})), &module).await;
+    let (s, b) = h
+        .publish_module(
+            &manifest("core.test.x", "1.0.0", "vendor.test.ok.node", json!({})),
+            &module,
+        )
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_envelope(&b, "invalid_pack_scope");
     let (s, b) = h
-        .publish_module(&manifest("vendor.test.js", "1.0.0", "vendor.test.js.n", json!({"language": "javascript", "format": "esm"})), &module)
+        .publish_module(
+            &manifest(
+                "vendor.test.js",
+                "1.0.0",
+                "vendor.test.js.n",
+                json!({"language": "javascript", "format": "esm"}),
+            ),
+            &module,
+        )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_envelope(&b, "unsupported_runtime");
     // Declaring is not granting: the operator granted no filesystem.
     let (s, b) = h
-        .publish_module(&manifest("vendor.test.fs", "1.0.0", "vendor.test.fs.n", json!({"requires": ["fs.read"]})), &module)
+        .publish_module(
+            &manifest(
+                "vendor.test.fs",
+                "1.0.0",
+                "vendor.test.fs.n",
+                json!({"requires": ["fs.read"]}),
+            ),
+            &module,
+        )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_envelope(&b, "pack_runtime_requirement_unmet");
     assert_eq!(b["details"]["unmet"], json!(["fs.read"]));
     // The manifest must describe the module truthfully.
-    let (s, b) = h.publish_module(&manifest("vendor.test.ok", "1.0.0", "vendor.test.ok.other", json!({})), &module).await;
+    let (s, b) = h
+        .publish_module(
+            &manifest("vendor.test.ok", "1.0.0", "vendor.test.ok.other", json!({})),
+            &module,
+        )
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_envelope(&b, "invalid_manifest");
     assert_eq!(b["details"]["path"], "/nodes");
@@ -323,12 +468,19 @@ async fn bad_uploads_get_precise_errors_and_leave_nothing_behind() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_envelope(&b, "pack_load_failure");
     // Too large: 413 before anything is unpacked.
-    let big: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let big: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let (s, b) = h.publish("vendor.test.ok", "1.0.0", big).await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
     assert_envelope(&b, "payload_too_large");
     // No credential: 401 first.
-    let resp = h.anon(Method::PUT, "/v1/packs/vendor.test.ok/-/1.0.0.tgz").body(body.clone()).send().await.unwrap();
+    let resp = h
+        .anon(Method::PUT, "/v1/packs/vendor.test.ok/-/1.0.0.tgz")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
     let (s, b) = read(resp).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert_envelope(&b, "unauthenticated");
@@ -344,38 +496,85 @@ async fn bad_uploads_get_precise_errors_and_leave_nothing_behind() {
 async fn operator_packs_back_the_rfc0008_fixtures_and_the_abi_999_pack_is_absent() {
     let h = host_with_packs(&[]).await;
     let (_, d) = h.anon_get_discovery().await;
-    let loaded = d["nodePackRuntimes"]["wasm"]["loadedPacks"].as_array().unwrap().clone();
-    assert!(loaded.contains(&json!("vendor.openwop.rust-hello")), "{loaded:?}");
-    assert!(loaded.contains(&json!("vendor.openwop.misbehaving")), "{loaded:?}");
-    assert!(!loaded.contains(&json!("vendor.openwop.misbehaving-abi")), "{loaded:?}");
+    let loaded = d["nodePackRuntimes"]["wasm"]["loadedPacks"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        loaded.contains(&json!("vendor.openwop.rust-hello")),
+        "{loaded:?}"
+    );
+    assert!(
+        loaded.contains(&json!("vendor.openwop.misbehaving")),
+        "{loaded:?}"
+    );
+    assert!(
+        !loaded.contains(&json!("vendor.openwop.misbehaving-abi")),
+        "{loaded:?}"
+    );
     assert_eq!(d["capabilities"]["nodePackRuntimes"], d["nodePackRuntimes"]);
     let fixtures = d["fixtures"].as_array().unwrap();
-    for f in ["conformance-wasm-pack-roundtrip", "conformance-wasm-pack-memory-cap-breach"] {
-        assert!(fixtures.contains(&json!(f)), "{f} not advertised: {fixtures:?}");
+    for f in [
+        "conformance-wasm-pack-roundtrip",
+        "conformance-wasm-pack-memory-cap-breach",
+    ] {
+        assert!(
+            fixtures.contains(&json!(f)),
+            "{f} not advertised: {fixtures:?}"
+        );
     }
 
-    let run = h.create_run("conformance-wasm-pack-roundtrip", json!({"name": "openwop"})).await;
+    let run = h
+        .create_run(
+            "conformance-wasm-pack-roundtrip",
+            json!({"name": "openwop"}),
+        )
+        .await;
     let snap = h.wait_terminal(&run, Duration::from_secs(30)).await;
     assert_eq!(snap["status"], "completed", "{snap}");
     let events = h.events(&run).await;
-    assert_eq!(find(&events, "node.completed")["payload"]["outputs"]["greeting"], "Hello, openwop!");
+    assert_eq!(
+        find(&events, "node.completed")["payload"]["outputs"]["greeting"],
+        "Hello, openwop!"
+    );
 
-    let run = h.create_run("conformance-wasm-pack-memory-cap-breach", json!({})).await;
+    let run = h
+        .create_run("conformance-wasm-pack-memory-cap-breach", json!({}))
+        .await;
     let snap = h.wait_terminal(&run, Duration::from_secs(30)).await;
     assert_eq!(snap["status"], "failed", "{snap}");
     let events = h.events(&run).await;
     let types = Host::event_types(&events);
-    let breach = types.iter().position(|t| t == "cap.breached").expect("cap.breached");
-    let failed = types.iter().position(|t| t == "node.failed").expect("node.failed");
+    let breach = types
+        .iter()
+        .position(|t| t == "cap.breached")
+        .expect("cap.breached");
+    let failed = types
+        .iter()
+        .position(|t| t == "node.failed")
+        .expect("node.failed");
     assert!(breach < failed, "{types:?}");
     let b = &events[breach]["payload"];
     assert_eq!(b["kind"], "wasm-memory");
     assert_eq!(b["nodeId"], "bomb");
-    assert!(b["observed"].as_u64().unwrap() > b["limit"].as_u64().unwrap(), "{b}");
-    assert_eq!(events[failed]["payload"]["error"]["code"], "sandbox_memory_exceeded");
+    assert!(
+        b["observed"].as_u64().unwrap() > b["limit"].as_u64().unwrap(),
+        "{b}"
+    );
+    assert_eq!(
+        events[failed]["payload"]["error"]["code"],
+        "sandbox_memory_exceeded"
+    );
     assert_eq!(types.last().unwrap(), "run.failed");
     // Operator packs are not the tenant's to delete.
-    let resp = h.req(Method::DELETE, "/v1/packs/vendor.openwop.rust-hello/-/1.0.0").send().await.unwrap();
+    let resp = h
+        .req(
+            Method::DELETE,
+            "/v1/packs/vendor.openwop.rust-hello/-/1.0.0",
+        )
+        .send()
+        .await
+        .unwrap();
     let (s, b) = read(resp).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     assert_envelope(&b, "forbidden");
@@ -384,15 +583,39 @@ async fn operator_packs_back_the_rfc0008_fixtures_and_the_abi_999_pack_is_absent
 #[tokio::test]
 async fn uploaded_packs_survive_a_kill_9_restart() {
     let mut h = Host::start().await;
-    let module = rfc0008_module("vendor.test.durable", "vendor.test.durable.n", "", "(call $ok)");
-    let (s, b) = h.publish_module(&manifest("vendor.test.durable", "1.2.3", "vendor.test.durable.n", json!({})), &module).await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
-    h.register(workflow("durable-wf", json!([node("n", "vendor.test.durable.n", json!({}), json!({}))]), json!([]), json!([])))
+    let module = rfc0008_module(
+        "vendor.test.durable",
+        "vendor.test.durable.n",
+        "",
+        "(call $ok)",
+    );
+    let (s, b) = h
+        .publish_module(
+            &manifest(
+                "vendor.test.durable",
+                "1.2.3",
+                "vendor.test.durable.n",
+                json!({}),
+            ),
+            &module,
+        )
         .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    h.register(workflow(
+        "durable-wf",
+        json!([node("n", "vendor.test.durable.n", json!({}), json!({}))]),
+        json!([]),
+        json!([]),
+    ))
+    .await;
     let data = h.data_dir.clone();
     let tmp = h.take_tmp();
     h.kill9();
-    let h2 = Host::start_with(Options { data_dir: Some(data), ..Options::default() }).await;
+    let h2 = Host::start_with(Options {
+        data_dir: Some(data),
+        ..Options::default()
+    })
+    .await;
     let (s, v) = h2.get("/v1/packs/vendor.test.durable").await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["dist-tags"]["latest"], "1.2.3");
@@ -409,15 +632,37 @@ async fn refused_at_upload(h: &Host, tag: &str, import: &str, code: &str, detail
     let name = format!("vendor.hostile.{tag}");
     let tid = format!("{name}.n");
     let module = rfc0008_module(&name, &tid, import, "(call $ok)");
-    let (s, b) = h.publish_module(&manifest(&name, "1.0.0", &tid, json!({})), &module).await;
+    let (s, b) = h
+        .publish_module(&manifest(&name, "1.0.0", &tid, json!({})), &module)
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{tag}: {b}");
     assert_envelope(&b, "pack_load_failure");
     assert_eq!(b["details"]["sandboxError"], code, "{tag}: {b}");
-    assert_eq!(b["details"]["sandboxDetails"][detail.0], detail.1, "{tag}: {b}");
-    let (s, b) = h.post("/v1/workflows", workflow(&format!("wf-{tag}"), json!([node("n", &tid, json!({}), json!({}))]), json!([]), json!([]))).await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{tag}: a workflow using a refused pack must not register: {b}");
+    assert_eq!(
+        b["details"]["sandboxDetails"][detail.0], detail.1,
+        "{tag}: {b}"
+    );
+    let (s, b) = h
+        .post(
+            "/v1/workflows",
+            workflow(
+                &format!("wf-{tag}"),
+                json!([node("n", &tid, json!({}), json!({}))]),
+                json!([]),
+                json!([]),
+            ),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "{tag}: a workflow using a refused pack must not register: {b}"
+    );
     let run = h.create_run("conformance-noop", json!({})).await;
-    assert_eq!(h.wait_terminal(&run, Duration::from_secs(10)).await["status"], "completed");
+    assert_eq!(
+        h.wait_terminal(&run, Duration::from_secs(10)).await["status"],
+        "completed"
+    );
 }
 
 #[tokio::test]
@@ -472,9 +717,21 @@ async fn invariant_memory_cap_fails_the_run_with_cap_breached() {
     let h = Host::start().await;
     let body = "(block $d (loop $g (br_if $d (i32.eq (memory.grow (i32.const 64)) (i32.const -1))) (br $g))) unreachable";
     let module = rfc0008_module("vendor.hostile.mem", "vendor.hostile.mem.n", "", body);
-    let (s, b) = h.publish_module(&manifest("vendor.hostile.mem", "1.0.0", "vendor.hostile.mem.n", json!({})), &module).await;
+    let (s, b) = h
+        .publish_module(
+            &manifest(
+                "vendor.hostile.mem",
+                "1.0.0",
+                "vendor.hostile.mem.n",
+                json!({}),
+            ),
+            &module,
+        )
+        .await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
-    let (snap, events) = h.run_single("wf-mem", "vendor.hostile.mem.n", json!({})).await;
+    let (snap, events) = h
+        .run_single("wf-mem", "vendor.hostile.mem.n", json!({}))
+        .await;
     assert_eq!(snap["status"], "failed");
     let breach = &find(&events, "cap.breached")["payload"];
     assert_eq!(breach["kind"], "wasm-memory");
@@ -482,17 +739,44 @@ async fn invariant_memory_cap_fails_the_run_with_cap_breached() {
     let err = &find(&events, "node.failed")["payload"]["error"];
     assert_eq!(err["code"], "sandbox_memory_exceeded");
     assert_eq!(err["details"]["limitBytes"], 64 << 20);
-    assert_eq!(find(&events, "run.failed")["payload"]["error"]["code"], "sandbox_memory_exceeded");
+    assert_eq!(
+        find(&events, "run.failed")["payload"]["error"]["code"],
+        "sandbox_memory_exceeded"
+    );
 }
 
 #[tokio::test]
 async fn invariant_timeout_fails_the_run_while_honest_runs_keep_completing() {
-    let h = Host::start_with(Options { extra_args: vec!["--sandbox-wall-clock-ms".into(), "1500".into()], ..Options::default() }).await;
-    let module = rfc0008_module("vendor.hostile.spin", "vendor.hostile.spin.n", "", "(loop $l (br $l)) (i64.const 0)");
-    let (s, b) = h.publish_module(&manifest("vendor.hostile.spin", "1.0.0", "vendor.hostile.spin.n", json!({})), &module).await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
-    h.register(workflow("wf-spin", json!([node("n", "vendor.hostile.spin.n", json!({}), json!({}))]), json!([]), json!([])))
+    let h = Host::start_with(Options {
+        extra_args: vec!["--sandbox-wall-clock-ms".into(), "1500".into()],
+        ..Options::default()
+    })
+    .await;
+    let module = rfc0008_module(
+        "vendor.hostile.spin",
+        "vendor.hostile.spin.n",
+        "",
+        "(loop $l (br $l)) (i64.const 0)",
+    );
+    let (s, b) = h
+        .publish_module(
+            &manifest(
+                "vendor.hostile.spin",
+                "1.0.0",
+                "vendor.hostile.spin.n",
+                json!({}),
+            ),
+            &module,
+        )
         .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    h.register(workflow(
+        "wf-spin",
+        json!([node("n", "vendor.hostile.spin.n", json!({}), json!({}))]),
+        json!([]),
+        json!([]),
+    ))
+    .await;
     // Several hostile runs at once occupy the sandbox's slots...
     let started = Instant::now();
     let mut hostile = Vec::new();
@@ -502,7 +786,10 @@ async fn invariant_timeout_fails_the_run_while_honest_runs_keep_completing() {
     // ...and honest runs still complete while they spin.
     for _ in 0..5 {
         let run = h.create_run("conformance-noop", json!({})).await;
-        assert_eq!(h.wait_terminal(&run, Duration::from_secs(10)).await["status"], "completed");
+        assert_eq!(
+            h.wait_terminal(&run, Duration::from_secs(10)).await["status"],
+            "completed"
+        );
     }
     let honest_done = started.elapsed();
     for run in hostile {
@@ -511,21 +798,59 @@ async fn invariant_timeout_fails_the_run_while_honest_runs_keep_completing() {
         let events = h.events(&run).await;
         let err = &find(&events, "node.failed")["payload"]["error"];
         assert_eq!(err["code"], "sandbox_timeout", "{err}");
-        assert!(err["details"]["elapsedMs"].as_u64().unwrap() >= 1500, "{err}");
-        assert_eq!(find(&events, "cap.breached")["payload"]["kind"], "wasm-execution-time");
+        assert!(
+            err["details"]["elapsedMs"].as_u64().unwrap() >= 1500,
+            "{err}"
+        );
+        assert_eq!(
+            find(&events, "cap.breached")["payload"]["kind"],
+            "wasm-execution-time"
+        );
     }
-    assert!(honest_done < Duration::from_millis(1500), "honest runs waited for the hostile ones: {honest_done:?}");
+    assert!(
+        honest_done < Duration::from_millis(1500),
+        "honest runs waited for the hostile ones: {honest_done:?}"
+    );
 }
 
 #[tokio::test]
 async fn invariant_fuel_budget_fails_the_run_with_wasm_fuel() {
-    let h = Host::start_with(Options { extra_args: vec!["--sandbox-fuel".into(), "100000".into(), "--sandbox-wall-clock-ms".into(), "20000".into()], ..Options::default() }).await;
-    let module = rfc0008_module("vendor.hostile.burn", "vendor.hostile.burn.n", "", "(loop $l (br $l)) (i64.const 0)");
-    let (s, b) = h.publish_module(&manifest("vendor.hostile.burn", "1.0.0", "vendor.hostile.burn.n", json!({})), &module).await;
+    let h = Host::start_with(Options {
+        extra_args: vec![
+            "--sandbox-fuel".into(),
+            "100000".into(),
+            "--sandbox-wall-clock-ms".into(),
+            "20000".into(),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let module = rfc0008_module(
+        "vendor.hostile.burn",
+        "vendor.hostile.burn.n",
+        "",
+        "(loop $l (br $l)) (i64.const 0)",
+    );
+    let (s, b) = h
+        .publish_module(
+            &manifest(
+                "vendor.hostile.burn",
+                "1.0.0",
+                "vendor.hostile.burn.n",
+                json!({}),
+            ),
+            &module,
+        )
+        .await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
-    let (snap, events) = h.run_single("wf-burn", "vendor.hostile.burn.n", json!({})).await;
+    let (snap, events) = h
+        .run_single("wf-burn", "vendor.hostile.burn.n", json!({}))
+        .await;
     assert_eq!(snap["status"], "failed");
-    assert_eq!(find(&events, "cap.breached")["payload"]["kind"], "wasm-fuel");
+    assert_eq!(
+        find(&events, "cap.breached")["payload"]["kind"],
+        "wasm-fuel"
+    );
     let err = &find(&events, "node.failed")["payload"]["error"];
     assert_eq!(err["code"], "sandbox_timeout");
     assert_eq!(err["details"]["reason"], "fuel");
@@ -538,15 +863,36 @@ async fn invariant_no_state_survives_between_invocations() {
     let body = "(global.set $calls (i32.add (global.get $calls) (i32.const 1))) \
                 (if (result i64) (i32.eq (global.get $calls) (i32.const 1)) (then (call $ok)) (else (call $alt)))";
     let module = rfc0008_module("vendor.hostile.state", "vendor.hostile.state.n", "", body);
-    let (s, b) = h.publish_module(&manifest("vendor.hostile.state", "1.0.0", "vendor.hostile.state.n", json!({})), &module).await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
-    h.register(workflow("wf-state", json!([node("n", "vendor.hostile.state.n", json!({}), json!({}))]), json!([]), json!([])))
+    let (s, b) = h
+        .publish_module(
+            &manifest(
+                "vendor.hostile.state",
+                "1.0.0",
+                "vendor.hostile.state.n",
+                json!({}),
+            ),
+            &module,
+        )
         .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    h.register(workflow(
+        "wf-state",
+        json!([node("n", "vendor.hostile.state.n", json!({}), json!({}))]),
+        json!([]),
+        json!([]),
+    ))
+    .await;
     for _ in 0..3 {
         let run = h.create_run("wf-state", json!({})).await;
-        assert_eq!(h.wait_terminal(&run, Duration::from_secs(10)).await["status"], "completed");
+        assert_eq!(
+            h.wait_terminal(&run, Duration::from_secs(10)).await["status"],
+            "completed"
+        );
         let events = h.events(&run).await;
-        assert_eq!(find(&events, "node.completed")["payload"]["outputs"]["shared"], 1);
+        assert_eq!(
+            find(&events, "node.completed")["payload"]["outputs"]["shared"],
+            1
+        );
     }
 }
 
@@ -571,29 +917,63 @@ async fn component_pack_reads_a_granted_directory_and_is_refused_without_the_gra
 
     // Without a grant: refused at upload, naming what is missing.
     let plain = Host::start().await;
-    let (s, b) = plain.publish("vendor.wopbox.files", "0.1.0", body.clone()).await;
+    let (s, b) = plain
+        .publish("vendor.wopbox.files", "0.1.0", body.clone())
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_envelope(&b, "pack_runtime_requirement_unmet");
 
-    let h = Host::start_with(Options { extra_args: vec!["--policy".into(), policy.display().to_string()], ..Options::default() }).await;
+    let h = Host::start_with(Options {
+        extra_args: vec!["--policy".into(), policy.display().to_string()],
+        ..Options::default()
+    })
+    .await;
     let (s, b) = h.publish("vendor.wopbox.files", "0.1.0", body).await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
     assert_eq!(b["runtime"], "wasm-component");
-    let (snap, events) = h.run_single("wf-read", "vendor.wopbox.files.read", json!({"path": "hello.txt"})).await;
+    let (snap, events) = h
+        .run_single(
+            "wf-read",
+            "vendor.wopbox.files.read",
+            json!({"path": "hello.txt"}),
+        )
+        .await;
     assert_eq!(snap["status"], "completed", "{events:#?}");
-    assert_eq!(find(&events, "node.completed")["payload"]["outputs"]["content"], "hi from the host");
+    assert_eq!(
+        find(&events, "node.completed")["payload"]["outputs"]["content"],
+        "hi from the host"
+    );
     // Read-only grant: writing fails inside the guest, the host file is untouched.
-    let (snap, _) = h.run_single("wf-write", "vendor.wopbox.files.write", json!({"path": "hello.txt", "content": "pwned"})).await;
+    let (snap, _) = h
+        .run_single(
+            "wf-write",
+            "vendor.wopbox.files.write",
+            json!({"path": "hello.txt", "content": "pwned"}),
+        )
+        .await;
     assert_eq!(snap["status"], "failed");
-    assert_eq!(std::fs::read_to_string(data.path().join("hello.txt")).unwrap(), "hi from the host");
+    assert_eq!(
+        std::fs::read_to_string(data.path().join("hello.txt")).unwrap(),
+        "hi from the host"
+    );
     // `..` cannot leave the preopen.
-    let (snap, _) = h.run_single("wf-escape", "vendor.wopbox.files.read", json!({"path": "../../../../etc/passwd"})).await;
+    let (snap, _) = h
+        .run_single(
+            "wf-escape",
+            "vendor.wopbox.files.read",
+            json!({"path": "../../../../etc/passwd"}),
+        )
+        .await;
     assert_eq!(snap["status"], "failed");
 }
 
 impl Host {
     async fn anon_get_discovery(&self) -> (StatusCode, Value) {
-        let resp = self.anon(Method::GET, "/.well-known/openwop").send().await.unwrap();
+        let resp = self
+            .anon(Method::GET, "/.well-known/openwop")
+            .send()
+            .await
+            .unwrap();
         read(resp).await
     }
 }

@@ -9,7 +9,11 @@ use crate::harness::{assert_envelope, Host, Options};
 const INVOKE: &str = "/v1/host/sample/test/sandbox-invoke";
 
 async fn seam_host() -> Host {
-    Host::start_with(Options { extra_args: vec!["--enable-test-seams".into()], ..Options::default() }).await
+    Host::start_with(Options {
+        extra_args: vec!["--enable-test-seams".into()],
+        ..Options::default()
+    })
+    .await
 }
 
 async fn invoke(h: &Host, body: Value) -> Value {
@@ -42,9 +46,16 @@ async fn every_synthetic_type_id_gets_its_spec_outcome() {
         assert_eq!(b["error"]["details"]["escapeKind"], kind, "{t}: {b}");
         assert!(b["error"]["details"]["message"].is_string(), "{t}: {b}");
     }
-    let b = invoke(&h, json!({"typeId": "misbehave.capability-gate-violation", "allowedHostCalls": []})).await;
+    let b = invoke(
+        &h,
+        json!({"typeId": "misbehave.capability-gate-violation", "allowedHostCalls": []}),
+    )
+    .await;
     assert_eq!(b["error"]["code"], "sandbox_capability_denied");
-    assert_eq!(b["error"]["details"]["requestedCapability"], "notInAllowedList");
+    assert_eq!(
+        b["error"]["details"]["requestedCapability"],
+        "notInAllowedList"
+    );
 
     let started = std::time::Instant::now();
     let b = invoke(&h, json!({"typeId": "misbehave.timeout"})).await;
@@ -53,13 +64,20 @@ async fn every_synthetic_type_id_gets_its_spec_outcome() {
 
     let b = invoke(&h, json!({"typeId": "misbehave.memory-bomb"})).await;
     assert_eq!(b["error"]["code"], "sandbox_memory_exceeded", "{b}");
-    assert!(b["error"]["details"]["limitBytes"].as_u64().is_some(), "{b}");
+    assert!(
+        b["error"]["details"]["limitBytes"].as_u64().is_some(),
+        "{b}"
+    );
 
     for _ in 0..3 {
         let b = invoke(&h, json!({"typeId": "misbehave.cross-pack-mutate"})).await;
         assert_eq!(b, json!({"result": {"shared": 1}}));
     }
-    let b = invoke(&h, json!({"typeId": "well-behaved.echo", "args": {"input": "hello-sandbox"}})).await;
+    let b = invoke(
+        &h,
+        json!({"typeId": "well-behaved.echo", "args": {"input": "hello-sandbox"}}),
+    )
+    .await;
     assert_eq!(b, json!({"result": {"echoed": "hello-sandbox"}}));
 
     // The invocation's grant decides, not the advertised list.
@@ -79,13 +97,31 @@ async fn seam_rejects_bad_requests_in_the_envelope() {
     let (s, b) = h.post(INVOKE, json!({"args": {}})).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_envelope(&b, "validation_error");
-    let (s, b) = h.post(INVOKE, json!({"typeId": "well-behaved.echo", "allowedHostCalls": "fetch"})).await;
+    let (s, b) = h
+        .post(
+            INVOKE,
+            json!({"typeId": "well-behaved.echo", "allowedHostCalls": "fetch"}),
+        )
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_envelope(&b, "validation_error");
-    let (s, b) = h.post("/v1/host/sample/test/sandbox-load", json!({"packId": "vendor.openwop.misbehaving-sandbox"})).await;
+    let (s, b) = h
+        .post(
+            "/v1/host/sample/test/sandbox-load",
+            json!({"packId": "vendor.openwop.misbehaving-sandbox"}),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(b, json!({"ok": true, "packId": "vendor.openwop.misbehaving-sandbox"}));
-    let (s, b) = h.post("/v1/host/sample/test/sandbox-load", json!({"packId": "vendor.nobody.nothing"})).await;
+    assert_eq!(
+        b,
+        json!({"ok": true, "packId": "vendor.openwop.misbehaving-sandbox"})
+    );
+    let (s, b) = h
+        .post(
+            "/v1/host/sample/test/sandbox-load",
+            json!({"packId": "vendor.nobody.nothing"}),
+        )
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_envelope(&b, "sandbox_pack_not_found");
     // Discovery advertises the sandbox with exactly the five fields, at the root and mirrored.
@@ -93,7 +129,16 @@ async fn seam_rejects_bad_requests_in_the_envelope() {
     let sb = d["sandbox"].as_object().unwrap();
     let mut keys: Vec<&str> = sb.keys().map(String::as_str).collect();
     keys.sort();
-    assert_eq!(keys, ["allowedHostCalls", "isolationModel", "memoryLimitBytes", "supported", "wallClockLimitMs"]);
+    assert_eq!(
+        keys,
+        [
+            "allowedHostCalls",
+            "isolationModel",
+            "memoryLimitBytes",
+            "supported",
+            "wallClockLimitMs"
+        ]
+    );
     assert_eq!(d["sandbox"]["supported"], true);
     assert_eq!(d["sandbox"]["isolationModel"], "wasm");
     assert_eq!(d["capabilities"]["sandbox"], d["sandbox"]);

@@ -30,13 +30,24 @@ pub fn layer(router: Router, audit: Arc<AuditLog>, keys: Arc<KeyRing>) -> Router
 /// What a request means for the audit log, decided from method + path before it runs.
 enum Kind {
     RunCreate,
-    RunCancel { run_id: String },
-    InterruptResolve { run_id: String, node_id: String },
-    TokenResolve { token_fingerprint: String },
+    RunCancel {
+        run_id: String,
+    },
+    InterruptResolve {
+        run_id: String,
+        node_id: String,
+    },
+    TokenResolve {
+        token_fingerprint: String,
+    },
     /// `PUT /v1/packs/{name}/-/{version}.tgz`: third-party code entering the host.
-    PackPublish { pack: String },
+    PackPublish {
+        pack: String,
+    },
     /// `DELETE /v1/packs/{name}/-/{version}`.
-    PackDelete { pack: String },
+    PackDelete {
+        pack: String,
+    },
     Other,
 }
 
@@ -162,12 +173,22 @@ async fn record(
         }
         Kind::PackPublish { pack } => {
             ctx.audit
-                .record_or_log(&actor, "pack.publish", &pack, json!({"status": status.as_u16()}))
+                .record_or_log(
+                    &actor,
+                    "pack.publish",
+                    &pack,
+                    json!({"status": status.as_u16()}),
+                )
                 .await;
         }
         Kind::PackDelete { pack } => {
             ctx.audit
-                .record_or_log(&actor, "pack.delete", &pack, json!({"status": status.as_u16()}))
+                .record_or_log(
+                    &actor,
+                    "pack.delete",
+                    &pack,
+                    json!({"status": status.as_u16()}),
+                )
                 .await;
         }
         _ => {}
@@ -199,8 +220,14 @@ mod tests {
         assert!(
             matches!(classify(&Method::DELETE, "/v1/packs/vendor.a.b/-/1.0.0"), Kind::PackDelete { pack } if pack == "vendor.a.b@1.0.0")
         );
-        assert!(matches!(classify(&Method::GET, "/v1/packs/vendor.a.b/-/1.0.0.tgz"), Kind::Other));
-        assert!(matches!(classify(&Method::PUT, "/v1/packs/vendor.a.b/-/1.0.0.json"), Kind::Other));
+        assert!(matches!(
+            classify(&Method::GET, "/v1/packs/vendor.a.b/-/1.0.0.tgz"),
+            Kind::Other
+        ));
+        assert!(matches!(
+            classify(&Method::PUT, "/v1/packs/vendor.a.b/-/1.0.0.json"),
+            Kind::Other
+        ));
         match classify(&Method::POST, "/v1/interrupts/secret-token") {
             Kind::TokenResolve { token_fingerprint } => {
                 assert_eq!(token_fingerprint.len(), 16);
