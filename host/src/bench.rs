@@ -114,8 +114,8 @@ pub struct BenchArgs {
     /// Memory scenario: runs parked on `core.delay`.
     #[arg(long, default_value_t = 1000)]
     pub parked: usize,
-    /// Replay scenario: parallel `core.noop` nodes (3 events each + 3 per run).
-    #[arg(long, default_value_t = 3333)]
+    /// Replay scenario: parallel `core.noop` nodes (2 events each + 2 per run: 5000 ≈ 10k events).
+    #[arg(long, default_value_t = 5000)]
     pub replay_nodes: usize,
     /// Replay scenario: timed replays (median reported).
     #[arg(long, default_value_t = 5)]
@@ -644,7 +644,8 @@ async fn load(args: &BenchArgs) -> anyhow::Result<Vec<Value>> {
             "concurrency": args.concurrency,
             "wait": format!("{:?}", args.wait).to_lowercase(),
             "window_s": window.as_secs_f64(),
-            "host_cpu_cores": cpu(host0, cpu_secs(pid)),
+            // Only known for a spawned host (its pid); `null` for --url.
+            "host_cpu_cores": if pid.is_some() { cpu(host0, cpu_secs(pid)) } else { Value::Null },
             "bench_cpu_cores": cpu(self0, cpu_secs(None)),
             "machine": machine(),
         });
@@ -862,9 +863,9 @@ fn spin_pack() -> Result<Vec<u8>> {
     .map_err(|e| BenchError::Pack(e.to_string()))
 }
 
-/// RFC 0008 packed (ptr << 32 | len) return value as a WAT constant.
+/// RFC 0008 packed (len << 32 | ptr) return value as a WAT constant.
 fn packed(ptr: usize, len: usize) -> String {
-    format!("(i64.const {})", ((ptr as u64) << 32) | len as u64)
+    format!("(i64.const {})", ((len as u64) << 32) | ptr as u64)
 }
 
 async fn flood(args: &BenchArgs) -> anyhow::Result<Vec<Value>> {
