@@ -819,9 +819,9 @@ async fn replay(args: &BenchArgs) -> anyhow::Result<Vec<Value>> {
     Ok(vec![v])
 }
 
-/// An RFC 0008 pack whose only node loops forever (no host calls): it can only end by the
-/// sandbox's wall-clock or fuel cap.
-fn spin_pack() -> Result<Vec<u8>> {
+/// An RFC 0008 module whose only node loops forever (no host calls): an invocation can only
+/// end by the sandbox's wall-clock or fuel cap.
+fn spin_module() -> Result<Vec<u8>> {
     let type_id = format!("{SPIN_PACK}.spin");
     let wat_text = format!(
         r#"(module
@@ -844,7 +844,13 @@ fn spin_pack() -> Result<Vec<u8>> {
         pack = packed(1024, SPIN_PACK.len()),
         tid = packed(2048, type_id.len()),
     );
-    let module = wat::parse_str(&wat_text).map_err(|e| BenchError::Pack(e.to_string()))?;
+    wat::parse_str(&wat_text).map_err(|e| BenchError::Pack(e.to_string()))
+}
+
+/// The gzipped tarball of the spin pack (manifest + module).
+fn spin_pack() -> Result<Vec<u8>> {
+    let type_id = format!("{SPIN_PACK}.spin");
+    let module = spin_module()?;
     let manifest = json!({
         "name": SPIN_PACK, "version": "1.0.0", "description": "bench: loops forever",
         "author": "wopbox", "license": "Apache-2.0", "engines": {"openwop": ">=1.1 <2.0.0"},
@@ -1000,5 +1006,37 @@ mod tests {
     fn spin_pack_is_a_gzip_tarball_with_manifest_and_module() {
         let tgz = spin_pack().expect("spin pack builds");
         assert_eq!(&tgz[..2], &[0x1f, 0x8b]);
+    }
+
+    /// The hostile pack must pass the RFC 0008 handshake and then never return, so the flood
+    /// measures timeouts rather than load failures.
+    #[tokio::test]
+    async fn spin_module_loads_and_only_ends_by_the_wall_clock() {
+        use wopbox_sandbox::{
+            InvokeRequest, Limits, LoadOptions, PackFormat, Sandbox, SandboxConfig,
+        };
+        let mut c = SandboxConfig::default();
+        c.engine.pool.total_memories = 8;
+        c.engine.pool.total_tables = 8;
+        c.engine.pool.total_core_instances = 8;
+        c.engine.pool.total_component_instances = 4;
+        c.engine.pool.total_stacks = 4;
+        let sb = Sandbox::new(c).expect("sandbox");
+        let pack = sb
+            .load(
+                spin_module().expect("module"),
+                LoadOptions::new(PackFormat::CoreModule).name(SPIN_PACK),
+            )
+            .await
+            .expect("spin pack passes the handshake");
+        let limits = Limits::default().with_wall_clock(Duration::from_millis(50));
+        let err = sb
+            .invoke(
+                &pack,
+                InvokeRequest::new(format!("{SPIN_PACK}.spin"), json!({})).limits(limits),
+            )
+            .await
+            .expect_err("an infinite loop cannot complete");
+        assert_eq!(err.code(), "sandbox_timeout");
     }
 }
