@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -748,7 +748,13 @@ async fn invariant_memory_cap_fails_the_run_with_cap_breached() {
 #[tokio::test]
 async fn invariant_timeout_fails_the_run_while_honest_runs_keep_completing() {
     let h = Host::start_with(Options {
-        extra_args: vec!["--sandbox-wall-clock-ms".into(), "1500".into()],
+        // Unmetered fuel: this test is about the wall clock alone.
+        extra_args: vec![
+            "--sandbox-wall-clock-ms".into(),
+            "3000".into(),
+            "--sandbox-fuel".into(),
+            "0".into(),
+        ],
         ..Options::default()
     })
     .await;
@@ -778,7 +784,6 @@ async fn invariant_timeout_fails_the_run_while_honest_runs_keep_completing() {
     ))
     .await;
     // Several hostile runs at once occupy the sandbox's slots...
-    let started = Instant::now();
     let mut hostile = Vec::new();
     for _ in 0..4 {
         hostile.push(h.create_run("wf-spin", json!({})).await);
@@ -791,7 +796,14 @@ async fn invariant_timeout_fails_the_run_while_honest_runs_keep_completing() {
             "completed"
         );
     }
-    let honest_done = started.elapsed();
+    // The hostile runs were still executing while the honest ones were served.
+    for run in &hostile {
+        let snap = h.snapshot(run).await;
+        assert!(
+            !["completed", "failed", "cancelled"].contains(&snap["status"].as_str().unwrap_or("")),
+            "a hostile run ended before the honest runs were served: {snap}"
+        );
+    }
     for run in hostile {
         let snap = h.wait_terminal(&run, Duration::from_secs(30)).await;
         assert_eq!(snap["status"], "failed", "{snap}");
@@ -799,9 +811,9 @@ async fn invariant_timeout_fails_the_run_while_honest_runs_keep_completing() {
         let err = &find(&events, "node.failed")["payload"]["error"];
         assert_eq!(err["code"], "sandbox_timeout", "{err}");
         // The epoch deadline is enforced to within a tick (1 ms) and reported in whole ms.
-        assert_eq!(err["details"]["limitMs"], 1500, "{err}");
+        assert_eq!(err["details"]["limitMs"], 3000, "{err}");
         assert!(
-            err["details"]["elapsedMs"].as_u64().unwrap() >= 1498,
+            err["details"]["elapsedMs"].as_u64().unwrap() >= 2998,
             "{err}"
         );
         assert_eq!(
@@ -809,10 +821,6 @@ async fn invariant_timeout_fails_the_run_while_honest_runs_keep_completing() {
             "wasm-execution-time"
         );
     }
-    assert!(
-        honest_done < Duration::from_millis(1500),
-        "honest runs waited for the hostile ones: {honest_done:?}"
-    );
 }
 
 #[tokio::test]
