@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 use wopbox_sandbox::{GuestResult, InvokeRequest, NodeContext as GuestContext, SandboxError};
 
-use super::registry::PackService;
+use super::registry::{InstalledPack, PackService};
 use crate::engine::registry::{NodeExecutor, NodeInvocation, NodeOutcome, NodeResult};
 
 pub struct PackNodeExecutor {
@@ -86,22 +86,38 @@ fn sandbox_failure(e: SandboxError, node_id: &str) -> NodeResult {
     r
 }
 
+/// The registry and the active pack that provides `inv.type_id` to the run's tenant, or the
+/// node failure to report (shared by the local and the remote executor).
+pub(super) fn resolve_pack(
+    service: &Weak<PackService>,
+    inv: &NodeInvocation,
+) -> Result<(Arc<PackService>, Arc<InstalledPack>), NodeResult> {
+    let Some(service) = service.upgrade() else {
+        return Err(NodeResult::failed(
+            "internal_error",
+            "the pack registry is shutting down",
+        ));
+    };
+    let Some(pack) = service.resolve(&inv.ctx.tenant_id, &inv.type_id) else {
+        return Err(failed(
+            "unsupported_node_type",
+            format!(
+                "no installed pack provides node type '{}' to this tenant",
+                inv.type_id
+            ),
+            json!({"typeId": inv.type_id}),
+            false,
+        ));
+    };
+    Ok((service, pack))
+}
+
 #[async_trait]
 impl NodeExecutor for PackNodeExecutor {
     async fn execute(&self, inv: NodeInvocation) -> NodeResult {
-        let Some(service) = self.service.upgrade() else {
-            return NodeResult::failed("internal_error", "the pack registry is shutting down");
-        };
-        let Some(pack) = service.resolve(&inv.ctx.tenant_id, &inv.type_id) else {
-            return failed(
-                "unsupported_node_type",
-                format!(
-                    "no installed pack provides node type '{}' to this tenant",
-                    inv.type_id
-                ),
-                json!({"typeId": inv.type_id}),
-                false,
-            );
+        let (service, pack) = match resolve_pack(&self.service, &inv) {
+            Ok(found) => found,
+            Err(refusal) => return refusal,
         };
         let context = guest_context(&inv);
         let req = InvokeRequest::new(

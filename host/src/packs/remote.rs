@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use wopbox_sandbox::{GuestResult, InvokeRequest, Limits, NodeContext as GuestContext};
 
-use super::executor::{failed, guest_context, guest_inputs};
+use super::executor::{failed, guest_context, guest_inputs, resolve_pack};
 use super::registry::{InstalledPack, PackService};
 use crate::engine::registry::{NodeExecutor, NodeInvocation, NodeOutcome, NodeResult};
 
@@ -547,19 +547,9 @@ fn to_node_result(
 #[async_trait]
 impl NodeExecutor for RemoteNodeExecutor {
     async fn execute(&self, inv: NodeInvocation) -> NodeResult {
-        let Some(service) = self.service.upgrade() else {
-            return NodeResult::failed("internal_error", "the pack registry is shutting down");
-        };
-        let Some(pack) = service.resolve(&inv.ctx.tenant_id, &inv.type_id) else {
-            return failed(
-                "unsupported_node_type",
-                format!(
-                    "no installed pack provides node type '{}' to this tenant",
-                    inv.type_id
-                ),
-                json!({"typeId": inv.type_id}),
-                false,
-            );
+        let (_service, pack) = match resolve_pack(&self.service, &inv) {
+            Ok(found) => found,
+            Err(refusal) => return refusal,
         };
         let ctx = guest_context(&inv);
         let body = ExecuteRequest {
