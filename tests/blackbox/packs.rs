@@ -796,6 +796,35 @@ async fn invariant_timeout_fails_the_run_while_honest_runs_keep_completing() {
             "completed"
         );
     }
+    // ...and so do honest *sandboxed* runs: one pack cannot hold every sandbox slot.
+    let greet = packs_dir().join("greet");
+    let (s, b) = h
+        .publish(
+            "vendor.wopbox.greet",
+            "1.0.0",
+            tgz(&[
+                (
+                    "pack.json",
+                    &std::fs::read(greet.join("pack.json")).unwrap(),
+                ),
+                (
+                    "greet.wasm",
+                    &std::fs::read(greet.join("greet.wasm")).unwrap(),
+                ),
+            ]),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    for i in 0..3 {
+        let (snap, events) = h
+            .run_single(
+                &format!("wf-greet-{i}"),
+                "vendor.wopbox.greet.hello",
+                json!({"name": "honest"}),
+            )
+            .await;
+        assert_eq!(snap["status"], "completed", "{events:#?}");
+    }
     // The hostile runs were still executing while the honest ones were served.
     for run in &hostile {
         let snap = h.snapshot(run).await;

@@ -126,7 +126,7 @@ impl NodeExecutor for PackNodeExecutor {
         )
         .context(context);
         let node_id = inv.ctx.node_id.clone();
-        match service.sandbox().invoke(&pack.loaded, req).await {
+        match pack.invoke(service.sandbox(), req).await {
             Err(e) => sandbox_failure(e, &node_id),
             Ok(out) => {
                 let metrics = json!({

@@ -20,7 +20,8 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use wopbox_sandbox::{
-    DirAccess, Grants, Limits, LoadOptions, LoadedPack, PackFormat, PreopenDir, Sandbox,
+    DirAccess, Grants, InvokeOutcome, InvokeRequest, Limits, LoadOptions, LoadedPack, PackFormat,
+    PreopenDir, Sandbox, SandboxError,
 };
 
 use super::error::PackError;
@@ -38,15 +39,41 @@ use crate::store::packs::{PackRecord, PackStore, HOST_TENANT};
 /// tenant-agnostic; every credential maps to it until scoped keys exist).
 const DISCOVERY_TENANT: &str = crate::api::auth::DEFAULT_TENANT;
 
+/// Concurrent sandbox slots one pack may hold: all but one, so another pack always gets in.
+fn per_pack_slots(max_concurrent: usize) -> usize {
+    max_concurrent.saturating_sub(1).max(1)
+}
+
 /// One loaded pack version.
 pub struct InstalledPack {
     pub record: PackRecord,
     pub loaded: Arc<LoadedPack>,
     pub grants: EffectiveGrants,
     pub limits: Limits,
+    /// This pack's share of the sandbox's concurrent slots (see [`InstalledPack::invoke`]).
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl InstalledPack {
+    /// Runs one invocation in the sandbox while holding one of this pack's slots. A pack may
+    /// occupy at most all but one of the sandbox's concurrent slots, so one pack's hostile nodes
+    /// (say, infinite loops that wait out their wall clock) cannot starve every other pack:
+    /// their surplus invocations wait here, not in the sandbox's shared queue.
+    pub async fn invoke(
+        &self,
+        sandbox: &Sandbox,
+        req: InvokeRequest,
+    ) -> Result<InvokeOutcome, SandboxError> {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| SandboxError::Internal {
+                message: "the pack's slots were closed".into(),
+            })?;
+        sandbox.invoke(&self.loaded, req).await
+    }
+
     /// The JSON the pack routes return.
     pub fn summary(&self) -> Value {
         json!({
@@ -335,6 +362,9 @@ impl PackService {
             loaded,
             grants,
             limits,
+            slots: Arc::new(tokio::sync::Semaphore::new(per_pack_slots(
+                self.sandbox.config().max_concurrent,
+            ))),
         })
     }
 
