@@ -363,22 +363,9 @@ impl Store for SqliteStore {
     ) -> StoreResult<CreateRunOutcome> {
         let mut tx = self.writer.begin().await?;
         if let Some(claim) = idem {
-            let existing: Option<(String, i64, String)> = sqlx::query_as(
-                "SELECT request_digest, response_status, response_body FROM idempotency_keys WHERE scope_key = ?",
-            )
-            .bind(&claim.scope_key)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some((digest, status, body)) = existing {
+            if let Some(outcome) = claimed_before(&mut tx, claim).await? {
                 tx.rollback().await?;
-                return Ok(if digest == claim.request_digest {
-                    CreateRunOutcome::Replay {
-                        status: status as u16,
-                        body: serde_json::from_str(&body)?,
-                    }
-                } else {
-                    CreateRunOutcome::Mismatch
-                });
+                return Ok(outcome);
             }
         }
         sqlx::query(
@@ -401,17 +388,7 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         if let Some(claim) = idem {
-            sqlx::query(
-                "INSERT INTO idempotency_keys (scope_key, request_digest, response_status, response_body, created_at)
-                 VALUES (?, ?, ?, ?, ?)",
-            )
-            .bind(&claim.scope_key)
-            .bind(&claim.request_digest)
-            .bind(claim.response_status as i64)
-            .bind(claim.response_body.to_string())
-            .bind(&run.created_at)
-            .execute(&mut *tx)
-            .await?;
+            record_claim(&mut tx, claim, &run.created_at).await?;
         }
         tx.commit().await?;
         Ok(CreateRunOutcome::Created)
@@ -481,4 +458,50 @@ impl Store for SqliteStore {
         .await?;
         rows.iter().map(row_to_event).collect()
     }
+}
+
+/// Layer-1 idempotency, shared by every endpoint that takes an `Idempotency-Key` (runs,
+/// webhooks): the outcome of an earlier request under the same scope key, if there was one —
+/// a replay of its response for the same body, a mismatch for a different one.
+pub(super) async fn claimed_before(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    claim: &IdempotencyClaim,
+) -> StoreResult<Option<CreateRunOutcome>> {
+    let existing: Option<(String, i64, String)> = sqlx::query_as(
+        "SELECT request_digest, response_status, response_body FROM idempotency_keys WHERE scope_key = ?",
+    )
+    .bind(&claim.scope_key)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some((digest, status, body)) = existing else {
+        return Ok(None);
+    };
+    Ok(Some(if digest == claim.request_digest {
+        CreateRunOutcome::Replay {
+            status: status as u16,
+            body: serde_json::from_str(&body)?,
+        }
+    } else {
+        CreateRunOutcome::Mismatch
+    }))
+}
+
+/// Stores `claim` in the same transaction as the resource it created.
+pub(super) async fn record_claim(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    claim: &IdempotencyClaim,
+    created_at: &str,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO idempotency_keys (scope_key, request_digest, response_status, response_body, created_at)
+         VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(&claim.scope_key)
+    .bind(&claim.request_digest)
+    .bind(i64::from(claim.response_status))
+    .bind(claim.response_body.to_string())
+    .bind(created_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

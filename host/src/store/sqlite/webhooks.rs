@@ -52,22 +52,9 @@ impl WebhookStore for SqliteStore {
         let mut tx = self.writer.begin().await?;
         if let Some(claim) = idem {
             // The same Layer-1 record table as POST /v1/runs; scope keys include the endpoint.
-            let existing: Option<(String, i64, String)> = sqlx::query_as(
-                "SELECT request_digest, response_status, response_body FROM idempotency_keys WHERE scope_key = ?",
-            )
-            .bind(&claim.scope_key)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some((digest, status, body)) = existing {
+            if let Some(outcome) = super::claimed_before(&mut tx, claim).await? {
                 tx.rollback().await?;
-                return Ok(if digest == claim.request_digest {
-                    CreateRunOutcome::Replay {
-                        status: status as u16,
-                        body: serde_json::from_str(&body)?,
-                    }
-                } else {
-                    CreateRunOutcome::Mismatch
-                });
+                return Ok(outcome);
             }
         }
         sqlx::query(
@@ -87,17 +74,7 @@ impl WebhookStore for SqliteStore {
         .execute(&mut *tx)
         .await?;
         if let Some(claim) = idem {
-            sqlx::query(
-                "INSERT INTO idempotency_keys (scope_key, request_digest, response_status, response_body, created_at)
-                 VALUES (?, ?, ?, ?, ?)",
-            )
-            .bind(&claim.scope_key)
-            .bind(&claim.request_digest)
-            .bind(i64::from(claim.response_status))
-            .bind(claim.response_body.to_string())
-            .bind(&s.created_at)
-            .execute(&mut *tx)
-            .await?;
+            super::record_claim(&mut tx, claim, &s.created_at).await?;
         }
         tx.commit().await?;
         Ok(CreateRunOutcome::Created)
