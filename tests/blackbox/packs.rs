@@ -131,6 +131,16 @@ impl Host {
         .await
     }
 
+    /// Builds a one-node RFC 0008 module from `body` (see [`rfc0008_module`]), publishes it as
+    /// `name@version` providing `type_id`, and asserts it was installed.
+    pub async fn install_rfc0008(&self, name: &str, version: &str, type_id: &str, body: &str) {
+        let module = rfc0008_module(name, type_id, "", body);
+        let (s, b) = self
+            .publish_module(&manifest(name, version, type_id, json!({})), &module)
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+    }
+
     /// Registers a one-node workflow `wf` running `type_id` with `ports` as static input values
     /// and returns the terminal snapshot and events of one run.
     pub async fn run_single(&self, wf: &str, type_id: &str, ports: Value) -> (Value, Vec<Value>) {
@@ -583,24 +593,13 @@ async fn operator_packs_back_the_rfc0008_fixtures_and_the_abi_999_pack_is_absent
 #[tokio::test]
 async fn uploaded_packs_survive_a_kill_9_restart() {
     let mut h = Host::start().await;
-    let module = rfc0008_module(
+    h.install_rfc0008(
         "vendor.test.durable",
+        "1.2.3",
         "vendor.test.durable.n",
-        "",
         "(call $ok)",
-    );
-    let (s, b) = h
-        .publish_module(
-            &manifest(
-                "vendor.test.durable",
-                "1.2.3",
-                "vendor.test.durable.n",
-                json!({}),
-            ),
-            &module,
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
+    )
+    .await;
     h.register(workflow(
         "durable-wf",
         json!([node("n", "vendor.test.durable.n", json!({}), json!({}))]),
@@ -716,19 +715,8 @@ async fn invariant_fs_env_network_process_and_capability_gate_refused_before_cod
 async fn invariant_memory_cap_fails_the_run_with_cap_breached() {
     let h = Host::start().await;
     let body = "(block $d (loop $g (br_if $d (i32.eq (memory.grow (i32.const 64)) (i32.const -1))) (br $g))) unreachable";
-    let module = rfc0008_module("vendor.hostile.mem", "vendor.hostile.mem.n", "", body);
-    let (s, b) = h
-        .publish_module(
-            &manifest(
-                "vendor.hostile.mem",
-                "1.0.0",
-                "vendor.hostile.mem.n",
-                json!({}),
-            ),
-            &module,
-        )
+    h.install_rfc0008("vendor.hostile.mem", "1.0.0", "vendor.hostile.mem.n", body)
         .await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
     let (snap, events) = h
         .run_single("wf-mem", "vendor.hostile.mem.n", json!({}))
         .await;
@@ -758,24 +746,13 @@ async fn invariant_timeout_fails_the_run_while_honest_runs_keep_completing() {
         ..Options::default()
     })
     .await;
-    let module = rfc0008_module(
+    h.install_rfc0008(
         "vendor.hostile.spin",
+        "1.0.0",
         "vendor.hostile.spin.n",
-        "",
         "(loop $l (br $l)) (i64.const 0)",
-    );
-    let (s, b) = h
-        .publish_module(
-            &manifest(
-                "vendor.hostile.spin",
-                "1.0.0",
-                "vendor.hostile.spin.n",
-                json!({}),
-            ),
-            &module,
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
+    )
+    .await;
     h.register(workflow(
         "wf-spin",
         json!([node("n", "vendor.hostile.spin.n", json!({}), json!({}))]),
@@ -864,24 +841,13 @@ async fn invariant_fuel_budget_fails_the_run_with_wasm_fuel() {
         ..Options::default()
     })
     .await;
-    let module = rfc0008_module(
+    h.install_rfc0008(
         "vendor.hostile.burn",
+        "1.0.0",
         "vendor.hostile.burn.n",
-        "",
         "(loop $l (br $l)) (i64.const 0)",
-    );
-    let (s, b) = h
-        .publish_module(
-            &manifest(
-                "vendor.hostile.burn",
-                "1.0.0",
-                "vendor.hostile.burn.n",
-                json!({}),
-            ),
-            &module,
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
+    )
+    .await;
     let (snap, events) = h
         .run_single("wf-burn", "vendor.hostile.burn.n", json!({}))
         .await;
@@ -901,19 +867,13 @@ async fn invariant_no_state_survives_between_invocations() {
     // Counts calls in a module global: a reused instance would answer "leaked".
     let body = "(global.set $calls (i32.add (global.get $calls) (i32.const 1))) \
                 (if (result i64) (i32.eq (global.get $calls) (i32.const 1)) (then (call $ok)) (else (call $alt)))";
-    let module = rfc0008_module("vendor.hostile.state", "vendor.hostile.state.n", "", body);
-    let (s, b) = h
-        .publish_module(
-            &manifest(
-                "vendor.hostile.state",
-                "1.0.0",
-                "vendor.hostile.state.n",
-                json!({}),
-            ),
-            &module,
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
+    h.install_rfc0008(
+        "vendor.hostile.state",
+        "1.0.0",
+        "vendor.hostile.state.n",
+        body,
+    )
+    .await;
     h.register(workflow(
         "wf-state",
         json!([node("n", "vendor.hostile.state.n", json!({}), json!({}))]),
