@@ -213,7 +213,11 @@ impl SqliteStore {
             .foreign_keys(true)
             .pragma("temp_store", "memory")
             .pragma("cache_size", "-16000");
+        // No ping before each acquire: on SQLite it is a round trip to the connection's worker
+        // thread (two wake-ups) that can only fail if that thread died, which the next
+        // statement reports anyway.
         let writer = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(30))
@@ -225,6 +229,7 @@ impl SqliteStore {
             .unwrap_or(2)
             .clamp(2, 8);
         let reader = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(readers as u32)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(base)
