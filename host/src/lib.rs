@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod engine;
 pub mod events;
+pub mod ops;
 pub mod packs;
 pub mod store;
 pub mod webhooks;
@@ -56,6 +57,8 @@ pub struct Host {
     /// Tamper-evident audit log (record security-relevant actions with `audit.record`).
     pub audit: Arc<audit::AuditLog>,
     pub webhooks: Arc<webhooks::WebhookService>,
+    /// Probes, admission and drain state (docs/operations.md).
+    pub ops: Arc<ops::Ops>,
     /// Extra resource routers merged into the API.
     pub routers: Vec<Router<AppState>>,
     /// Fixture ids whose semantics are implemented (see [`CORE_FIXTURES`]).
@@ -85,8 +88,10 @@ impl Host {
             api::webhooks::router(webhooks.clone()),
             api::audit::router(audit.clone()),
         ];
+        let ops = ops::Ops::new(store.clone());
         Ok(Host {
             config,
+            ops,
             store,
             events,
             registry,
@@ -164,7 +169,9 @@ impl Host {
             max_body_bytes: self.config.max_body_bytes,
             sse_keepalive: std::time::Duration::from_millis(self.config.sse_keepalive_ms),
         };
-        let app = audit::http::layer(api::router(state, self.routers), self.audit.clone(), keys);
+        // Probes sit beside the API, outside its bearer-auth layer.
+        let app = api::router(state, self.routers).merge(ops::health::router(self.ops.clone()));
+        let app = audit::http::layer(app, self.audit.clone(), keys);
         let listener = tokio::net::TcpListener::bind(self.config.listen).await?;
         {
             use std::io::Write;
@@ -180,7 +187,11 @@ impl Host {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
             }
         });
-        let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
+        let ops = self.ops.clone();
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            ops.start_draining();
+        });
         // Open SSE streams of running runs would hold a graceful shutdown forever: give
         // in-flight requests a grace period, then exit. Unfinished runs resume on next start.
         tokio::select! {

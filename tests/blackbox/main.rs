@@ -11,6 +11,7 @@ mod errors;
 mod events;
 mod idempotency;
 mod interop;
+mod ops;
 mod packs;
 mod remote;
 mod runs;
