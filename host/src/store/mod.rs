@@ -1,9 +1,15 @@
 //! Persistence seam. Everything the host keeps across restarts goes through the [`Store`]
-//! trait; `sqlite.rs` is the only SQL in the crate today and a Postgres backend can implement the
-//! same trait without the engine or the API noticing.
+//! trait, implemented by `sqlite.rs` (embedded, one process) and `postgres.rs` (several
+//! processes sharing one database; see docs/postgres.md). The engine and the API do not know
+//! which one they talk to.
 
 pub mod audit;
+#[cfg(test)]
+mod contract;
 pub mod packs;
+pub mod postgres;
+pub(crate) mod rows;
+pub mod shared;
 pub mod sqlite;
 pub mod webhooks;
 
@@ -34,8 +40,22 @@ pub enum StoreError {
     /// The run already has its terminal event; nothing more may be appended.
     #[error("run is already terminal")]
     RunTerminal,
+    /// Another live process holds this run's execution lease (shared store only): the caller
+    /// is not the run's executor any more and must stop driving it.
+    #[error("run is executed by another process")]
+    LeaseLost,
     #[error("storage error: {0}")]
     Backend(String),
+}
+
+/// A batch may end with the terminal event but never continue after it.
+pub(crate) fn terminal_is_last(events: &[NewEvent]) -> StoreResult<()> {
+    match events.iter().position(|e| is_terminal_event(&e.event_type)) {
+        Some(pos) if pos + 1 != events.len() => Err(StoreError::Backend(
+            "event appended after the terminal event".into(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -257,7 +277,9 @@ pub trait Store:
         idem: Option<&IdempotencyClaim>,
     ) -> StoreResult<CreateRunOutcome>;
     async fn get_run(&self, run_id: &str) -> StoreResult<Option<RunRecord>>;
-    /// Runs without a terminal event (used to resume after a restart).
+    /// Runs without a terminal event that this process should resume now (after a restart).
+    /// On a shared store these are the runs whose execution lease was free or expired, and the
+    /// call claims them for this process.
     async fn list_unfinished_runs(&self) -> StoreResult<Vec<RunRecord>>;
     /// Change a non-terminal run's status without an event (e.g. `cancelling`).
     /// Returns false when the run is already terminal or unknown.

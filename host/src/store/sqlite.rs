@@ -20,10 +20,11 @@ use async_trait::async_trait;
 use chrono::Utc;
 use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::*;
+use crate::store::rows;
 
 mod packs;
 
@@ -119,12 +120,8 @@ async fn append_in_tx(
     update: Option<RunUpdate>,
 ) -> Result<StoreResult<Vec<EventRecord>>, sqlx::Error> {
     // Refusals are decided before anything is written.
-    if let Some(pos) = events.iter().position(|e| is_terminal_event(&e.event_type)) {
-        if pos + 1 != events.len() {
-            return Ok(Err(StoreError::Backend(
-                "event appended after the terminal event".into(),
-            )));
-        }
+    if let Err(e) = terminal_is_last(&events) {
+        return Ok(Err(e));
     }
     let row: Option<(i64, i64)> =
         sqlx::query_as("SELECT next_sequence, terminal FROM runs WHERE run_id = ?")
@@ -244,59 +241,6 @@ impl SqliteStore {
     }
 }
 
-fn opt_json(s: Option<String>) -> StoreResult<Option<Value>> {
-    Ok(match s {
-        Some(s) => Some(serde_json::from_str(&s)?),
-        None => None,
-    })
-}
-
-fn row_to_run(r: &sqlx::sqlite::SqliteRow) -> StoreResult<RunRecord> {
-    Ok(RunRecord {
-        run_id: r.try_get("run_id")?,
-        workflow_id: r.try_get("workflow_id")?,
-        definition_digest: r.try_get("definition_digest")?,
-        tenant_id: r.try_get("tenant_id")?,
-        principal_id: r.try_get("principal_id")?,
-        status: r.try_get("status")?,
-        inputs: serde_json::from_str(r.try_get::<&str, _>("inputs")?)?,
-        variables: serde_json::from_str(r.try_get::<&str, _>("variables")?)?,
-        options: serde_json::from_str(r.try_get::<&str, _>("options")?)?,
-        current_node_id: r.try_get("current_node_id")?,
-        error: opt_json(r.try_get("error")?)?,
-        outputs: opt_json(r.try_get("outputs")?)?,
-        created_at: r.try_get("created_at")?,
-        started_at: r.try_get("started_at")?,
-        completed_at: r.try_get("completed_at")?,
-        updated_at: r.try_get("updated_at")?,
-    })
-}
-
-fn row_to_event(r: &sqlx::sqlite::SqliteRow) -> StoreResult<EventRecord> {
-    Ok(EventRecord {
-        run_id: r.try_get("run_id")?,
-        sequence: r.try_get("sequence")?,
-        event_id: r.try_get("event_id")?,
-        event_type: r.try_get("type")?,
-        node_id: r.try_get("node_id")?,
-        causation_id: r.try_get("causation_id")?,
-        payload: serde_json::from_str(r.try_get::<&str, _>("payload")?)?,
-        timestamp: r.try_get("timestamp")?,
-    })
-}
-
-fn row_to_workflow(r: &sqlx::sqlite::SqliteRow) -> StoreResult<StoredWorkflow> {
-    Ok(StoredWorkflow {
-        id: r.try_get("id")?,
-        version: r.try_get("version")?,
-        digest: r.try_get("digest")?,
-        definition: serde_json::from_str(r.try_get::<&str, _>("definition")?)?,
-        source: r.try_get("source")?,
-        created_at: r.try_get("created_at")?,
-        updated_at: r.try_get("updated_at")?,
-    })
-}
-
 const WORKFLOW_COLS: &str =
     "w.id, w.version, w.digest, w.source, w.created_at, w.updated_at, v.definition";
 
@@ -337,7 +281,7 @@ impl Store for SqliteStore {
         .bind(id)
         .fetch_optional(&self.reader)
         .await?;
-        row.as_ref().map(row_to_workflow).transpose()
+        row.as_ref().map(rows::workflow).transpose()
     }
 
     async fn list_workflows(&self) -> StoreResult<Vec<StoredWorkflow>> {
@@ -346,7 +290,7 @@ impl Store for SqliteStore {
         ))
         .fetch_all(&self.reader)
         .await?;
-        rows.iter().map(row_to_workflow).collect()
+        rows.iter().map(rows::workflow).collect()
     }
 
     async fn get_definition(&self, digest: &str) -> StoreResult<Option<Value>> {
@@ -404,14 +348,14 @@ impl Store for SqliteStore {
             .bind(run_id)
             .fetch_optional(&self.reader)
             .await?;
-        row.as_ref().map(row_to_run).transpose()
+        row.as_ref().map(rows::run).transpose()
     }
 
     async fn list_unfinished_runs(&self) -> StoreResult<Vec<RunRecord>> {
         let rows = sqlx::query("SELECT * FROM runs WHERE terminal = 0 ORDER BY created_at")
             .fetch_all(&self.writer)
             .await?;
-        rows.iter().map(row_to_run).collect()
+        rows.iter().map(rows::run).collect()
     }
 
     async fn set_run_status(&self, run_id: &str, status: &str) -> StoreResult<bool> {
@@ -461,7 +405,7 @@ impl Store for SqliteStore {
         .bind(limit)
         .fetch_all(&self.reader)
         .await?;
-        rows.iter().map(row_to_event).collect()
+        rows.iter().map(rows::event).collect()
     }
 }
 

@@ -77,6 +77,49 @@ pub enum AttemptOutcome {
     },
 }
 
+impl AttemptOutcome {
+    /// The outbox columns an attempt sets: (status, last_status, last_error, next_attempt_ms,
+    /// finished_at).
+    pub(crate) fn columns<'a>(
+        &'a self,
+        now: &'a str,
+    ) -> (
+        &'static str,
+        Option<i64>,
+        Option<&'a str>,
+        Option<i64>,
+        Option<&'a str>,
+    ) {
+        match self {
+            AttemptOutcome::Delivered { http_status } => (
+                "delivered",
+                Some(i64::from(*http_status)),
+                None,
+                None,
+                Some(now),
+            ),
+            AttemptOutcome::Retry {
+                http_status,
+                error,
+                next_attempt_ms,
+            } => (
+                "pending",
+                http_status.map(i64::from),
+                Some(error.as_str()),
+                Some(*next_attempt_ms),
+                None,
+            ),
+            AttemptOutcome::Dead { http_status, error } => (
+                "dead",
+                http_status.map(i64::from),
+                Some(error.as_str()),
+                None,
+                Some(now),
+            ),
+        }
+    }
+}
+
 #[async_trait]
 pub trait WebhookStore: Send + Sync {
     /// Insert a subscription. With an idempotency claim, the key check and the insert are one
@@ -104,13 +147,20 @@ pub trait WebhookStore: Send + Sync {
     /// Runs updated at or after `since` whose events are not all fanned out (crash recovery).
     async fn fanout_backlog(&self, since: &str) -> StoreResult<Vec<String>>;
 
-    /// Pending deliveries of one subscription due at `now_ms`, oldest first.
+    /// Pending deliveries of one subscription due at `now_ms`, oldest first. A shared store
+    /// reserves them for this process until attempted (or released).
     async fn due_deliveries(
         &self,
         webhook_id: &str,
         now_ms: i64,
         limit: i64,
     ) -> StoreResult<Vec<Delivery>>;
+    /// Give back due rows that [`due_deliveries`](Self::due_deliveries) returned but the caller
+    /// will not attempt now. Only a shared store reserves rows for the caller (so that one
+    /// process sends each attempt); the embedded store has nothing to give back.
+    async fn release_deliveries(&self, _delivery_ids: &[String]) -> StoreResult<()> {
+        Ok(())
+    }
     /// The earliest `next_attempt_ms` of any pending delivery.
     async fn next_due_ms(&self) -> StoreResult<Option<i64>>;
     async fn record_attempt(

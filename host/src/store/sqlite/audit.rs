@@ -2,34 +2,10 @@
 //! inside one transaction, so the chain can never fork.
 
 use async_trait::async_trait;
-use sqlx::Row;
 
 use super::SqliteStore;
 use crate::store::audit::{AuditEntry, AuditStore, Checkpoint, NewAuditEntry};
 use crate::store::StoreResult;
-
-fn row_to_entry(r: &sqlx::sqlite::SqliteRow) -> StoreResult<AuditEntry> {
-    Ok(AuditEntry {
-        seq: r.try_get("seq")?,
-        occurred_at: r.try_get("occurred_at")?,
-        actor: r.try_get("actor")?,
-        action: r.try_get("action")?,
-        target: r.try_get("target")?,
-        details: serde_json::from_str(r.try_get::<&str, _>("details")?)?,
-        prev_hash: r.try_get("prev_hash")?,
-        entry_hash: r.try_get("entry_hash")?,
-    })
-}
-
-fn row_to_checkpoint(r: &sqlx::sqlite::SqliteRow) -> StoreResult<Checkpoint> {
-    Ok(Checkpoint {
-        checkpoint_id: r.try_get("checkpoint_id")?,
-        at_sequence: r.try_get("at_sequence")?,
-        merkle_root: r.try_get("merkle_root")?,
-        signature: r.try_get("signature")?,
-        created_at: r.try_get("created_at")?,
-    })
-}
 
 #[async_trait]
 impl AuditStore for SqliteStore {
@@ -89,7 +65,7 @@ impl AuditStore for SqliteStore {
             .bind(to)
             .fetch_all(&self.reader)
             .await?;
-        rows.iter().map(row_to_entry).collect()
+        rows.iter().map(crate::store::rows::audit_entry).collect()
     }
 
     async fn audit_checkpoints(&self, from: i64, to: i64) -> StoreResult<Vec<Checkpoint>> {
@@ -100,14 +76,14 @@ impl AuditStore for SqliteStore {
         .bind(to)
         .fetch_all(&self.reader)
         .await?;
-        rows.iter().map(row_to_checkpoint).collect()
+        rows.iter().map(crate::store::rows::checkpoint).collect()
     }
 
     async fn audit_last_checkpoint(&self) -> StoreResult<Option<Checkpoint>> {
         let row = sqlx::query("SELECT * FROM audit_checkpoints ORDER BY at_sequence DESC LIMIT 1")
             .fetch_optional(&self.reader)
             .await?;
-        row.as_ref().map(row_to_checkpoint).transpose()
+        row.as_ref().map(crate::store::rows::checkpoint).transpose()
     }
 
     async fn audit_put_checkpoint(&self, cp: &Checkpoint) -> StoreResult<()> {

@@ -1,26 +1,10 @@
 //! SQLite implementation of [`PackStore`].
 
 use async_trait::async_trait;
-use sqlx::Row;
 
 use super::SqliteStore;
 use crate::store::packs::{PackRecord, PackStore};
 use crate::store::StoreResult;
-
-fn row_to_pack(r: &sqlx::sqlite::SqliteRow) -> StoreResult<PackRecord> {
-    Ok(PackRecord {
-        tenant_id: r.try_get("tenant_id")?,
-        name: r.try_get("name")?,
-        version: r.try_get("version")?,
-        runtime: r.try_get("runtime")?,
-        manifest: serde_json::from_str(r.try_get::<&str, _>("manifest")?)?,
-        entry_sha256: r.try_get("entry_sha256")?,
-        tarball_sha256: r.try_get("tarball_sha256")?,
-        type_ids: serde_json::from_str(r.try_get::<&str, _>("type_ids")?)?,
-        published_by: r.try_get("published_by")?,
-        created_at: r.try_get("created_at")?,
-    })
-}
 
 #[async_trait]
 impl PackStore for SqliteStore {
@@ -37,14 +21,12 @@ impl PackStore for SqliteStore {
     }
 
     async fn get_blob(&self, sha256: &str) -> StoreResult<Option<Vec<u8>>> {
-        let row = sqlx::query("SELECT bytes FROM pack_blobs WHERE sha256 = ?")
-            .bind(sha256)
-            .fetch_optional(&self.reader)
-            .await?;
-        Ok(match row {
-            Some(r) => Some(r.try_get("bytes")?),
-            None => None,
-        })
+        let row: Option<(Vec<u8>,)> =
+            sqlx::query_as("SELECT bytes FROM pack_blobs WHERE sha256 = ?")
+                .bind(sha256)
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(row.map(|r| r.0))
     }
 
     async fn insert_pack(&self, rec: &PackRecord) -> StoreResult<bool> {
@@ -80,14 +62,14 @@ impl PackStore for SqliteStore {
                 .bind(version)
                 .fetch_optional(&self.reader)
                 .await?;
-        row.as_ref().map(row_to_pack).transpose()
+        row.as_ref().map(crate::store::rows::pack).transpose()
     }
 
     async fn list_packs(&self) -> StoreResult<Vec<PackRecord>> {
         let rows = sqlx::query("SELECT * FROM packs ORDER BY created_at, rowid")
             .fetch_all(&self.reader)
             .await?;
-        rows.iter().map(row_to_pack).collect()
+        rows.iter().map(crate::store::rows::pack).collect()
     }
 
     async fn delete_pack(&self, tenant: &str, name: &str, version: &str) -> StoreResult<bool> {

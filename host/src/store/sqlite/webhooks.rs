@@ -1,46 +1,10 @@
 //! SQLite implementation of [`WebhookStore`] (subscriptions, fan-out watermark, outbox).
 
 use async_trait::async_trait;
-use sqlx::Row;
 
 use super::SqliteStore;
 use crate::store::webhooks::{AttemptOutcome, Delivery, NewDelivery, Subscription, WebhookStore};
 use crate::store::{CreateRunOutcome, IdempotencyClaim, StoreResult};
-
-fn row_to_subscription(r: &sqlx::sqlite::SqliteRow) -> StoreResult<Subscription> {
-    let tags: Option<String> = r.try_get("tags")?;
-    Ok(Subscription {
-        webhook_id: r.try_get("webhook_id")?,
-        tenant_id: r.try_get("tenant_id")?,
-        principal_id: r.try_get("principal_id")?,
-        url: r.try_get("url")?,
-        events: serde_json::from_str(r.try_get::<&str, _>("events")?)?,
-        tags: tags.map(|t| serde_json::from_str(&t)).transpose()?,
-        secret: r.try_get("secret")?,
-        secret_fingerprint: r.try_get("secret_fingerprint")?,
-        status: r.try_get("status")?,
-        created_at: r.try_get("created_at")?,
-    })
-}
-
-fn row_to_delivery(r: &sqlx::sqlite::SqliteRow) -> StoreResult<Delivery> {
-    Ok(Delivery {
-        delivery_id: r.try_get("delivery_id")?,
-        webhook_id: r.try_get("webhook_id")?,
-        run_id: r.try_get("run_id")?,
-        event_id: r.try_get("event_id")?,
-        event_type: r.try_get("event_type")?,
-        sequence: r.try_get("sequence")?,
-        body: r.try_get("body")?,
-        status: r.try_get("status")?,
-        attempts: r.try_get("attempts")?,
-        next_attempt_ms: r.try_get("next_attempt_ms")?,
-        last_status: r.try_get("last_status")?,
-        last_error: r.try_get("last_error")?,
-        created_at: r.try_get("created_at")?,
-        finished_at: r.try_get("finished_at")?,
-    })
-}
 
 #[async_trait]
 impl WebhookStore for SqliteStore {
@@ -85,7 +49,9 @@ impl WebhookStore for SqliteStore {
             .bind(webhook_id)
             .fetch_optional(&self.reader)
             .await?;
-        row.as_ref().map(row_to_subscription).transpose()
+        row.as_ref()
+            .map(crate::store::rows::subscription)
+            .transpose()
     }
 
     async fn list_active_subscriptions(&self) -> StoreResult<Vec<Subscription>> {
@@ -94,7 +60,7 @@ impl WebhookStore for SqliteStore {
         )
         .fetch_all(&self.reader)
         .await?;
-        rows.iter().map(row_to_subscription).collect()
+        rows.iter().map(crate::store::rows::subscription).collect()
     }
 
     async fn delete_subscription(&self, webhook_id: &str, deleted_at: &str) -> StoreResult<bool> {
@@ -190,7 +156,7 @@ impl WebhookStore for SqliteStore {
         .bind(limit)
         .fetch_all(&self.reader)
         .await?;
-        rows.iter().map(row_to_delivery).collect()
+        rows.iter().map(crate::store::rows::delivery).collect()
     }
 
     async fn next_due_ms(&self) -> StoreResult<Option<i64>> {
@@ -209,25 +175,7 @@ impl WebhookStore for SqliteStore {
         outcome: &AttemptOutcome,
         now: &str,
     ) -> StoreResult<()> {
-        let (status, http, error, next, finished) = match outcome {
-            AttemptOutcome::Delivered { http_status } => {
-                ("delivered", Some(*http_status), None, None, Some(now))
-            }
-            AttemptOutcome::Retry {
-                http_status,
-                error,
-                next_attempt_ms,
-            } => (
-                "pending",
-                *http_status,
-                Some(error.as_str()),
-                Some(*next_attempt_ms),
-                None,
-            ),
-            AttemptOutcome::Dead { http_status, error } => {
-                ("dead", *http_status, Some(error.as_str()), None, Some(now))
-            }
-        };
+        let (status, http, error, next, finished) = outcome.columns(now);
         // `status = 'pending'` guards against resurrecting a delivery cancelled meanwhile.
         sqlx::query(
             "UPDATE webhook_deliveries SET status = ?, attempts = ?, last_status = ?, last_error = ?,
@@ -236,7 +184,7 @@ impl WebhookStore for SqliteStore {
         )
         .bind(status)
         .bind(attempts)
-        .bind(http.map(i64::from))
+        .bind(http)
         .bind(error)
         .bind(next)
         .bind(finished)
@@ -251,7 +199,7 @@ impl WebhookStore for SqliteStore {
             .bind(delivery_id)
             .fetch_optional(&self.reader)
             .await?;
-        row.as_ref().map(row_to_delivery).transpose()
+        row.as_ref().map(crate::store::rows::delivery).transpose()
     }
 
     async fn purge_deliveries(&self, settled_before: &str, dead_before: &str) -> StoreResult<u64> {
@@ -285,179 +233,6 @@ impl WebhookStore for SqliteStore {
         .bind(limit)
         .fetch_all(&self.reader)
         .await?;
-        rows.iter().map(row_to_delivery).collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::webhooks::NewDelivery;
-
-    fn sub(id: &str) -> Subscription {
-        Subscription {
-            webhook_id: id.into(),
-            tenant_id: "t".into(),
-            principal_id: "p".into(),
-            url: "https://example.com/".into(),
-            events: vec!["run.completed".into()],
-            tags: Some(vec!["prod".into()]),
-            secret: "s".into(),
-            secret_fingerprint: "f".into(),
-            status: "active".into(),
-            created_at: "2026-01-01T00:00:00.000Z".into(),
-        }
-    }
-
-    fn delivery(id: &str, wh: &str, seq: i64, due: i64) -> NewDelivery {
-        NewDelivery {
-            delivery_id: id.into(),
-            webhook_id: wh.into(),
-            run_id: "run-1".into(),
-            event_id: format!("evt-{seq}"),
-            event_type: "run.completed".into(),
-            sequence: seq,
-            body: "{}".into(),
-            next_attempt_ms: due,
-            created_at: "2026-01-01T00:00:00.000Z".into(),
-        }
-    }
-
-    #[tokio::test]
-    async fn outbox_lifecycle_in_sqlite() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path()).await.unwrap();
-        store.insert_subscription(&sub("wh_a"), None).await.unwrap();
-        store.insert_subscription(&sub("wh_b"), None).await.unwrap();
-        assert_eq!(
-            store.get_subscription("wh_a").await.unwrap().unwrap().tags,
-            Some(vec!["prod".to_string()])
-        );
-
-        assert_eq!(store.fanout_watermark("run-1").await.unwrap(), 0);
-        let rows = [
-            delivery("d1", "wh_a", 1, 100),
-            delivery("d2", "wh_a", 2, 50),
-            delivery("d3", "wh_b", 1, 10),
-        ];
-        store.commit_fanout("run-1", 3, &rows).await.unwrap();
-        // Re-running the same fan-out (after a crash) neither duplicates rows nor moves back.
-        store
-            .commit_fanout("run-1", 2, &[delivery("d9", "wh_a", 1, 100)])
-            .await
-            .unwrap();
-        assert_eq!(store.fanout_watermark("run-1").await.unwrap(), 3);
-
-        let due: Vec<String> = store
-            .due_deliveries("wh_a", 100, 10)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|d| d.delivery_id)
-            .collect();
-        assert_eq!(
-            due,
-            ["d2", "d1"],
-            "per subscription, earliest due first; the duplicate was ignored"
-        );
-        assert!(store
-            .due_deliveries("wh_a", 49, 10)
-            .await
-            .unwrap()
-            .is_empty());
-        assert_eq!(store.next_due_ms().await.unwrap(), Some(10));
-
-        let now = "2026-01-02T00:00:00.000Z";
-        store
-            .record_attempt(
-                "d1",
-                1,
-                &AttemptOutcome::Retry {
-                    http_status: Some(500),
-                    error: "x".into(),
-                    next_attempt_ms: 500,
-                },
-                now,
-            )
-            .await
-            .unwrap();
-        store
-            .record_attempt(
-                "d2",
-                1,
-                &AttemptOutcome::Delivered { http_status: 204 },
-                now,
-            )
-            .await
-            .unwrap();
-        store
-            .record_attempt(
-                "d3",
-                3,
-                &AttemptOutcome::Dead {
-                    http_status: None,
-                    error: "down".into(),
-                },
-                now,
-            )
-            .await
-            .unwrap();
-        let d1 = store.get_delivery("d1").await.unwrap().unwrap();
-        assert_eq!(
-            (
-                d1.status.as_str(),
-                d1.attempts,
-                d1.next_attempt_ms,
-                d1.last_status
-            ),
-            ("pending", 1, 500, Some(500))
-        );
-        assert_eq!(
-            store.get_delivery("d2").await.unwrap().unwrap().status,
-            "delivered"
-        );
-        let dead = store.dead_letters("wh_b", 10, None).await.unwrap();
-        assert_eq!(dead.len(), 1);
-        assert_eq!(dead[0].last_error.as_deref(), Some("down"));
-
-        // Deleting a subscription cancels what is pending, and a late attempt cannot revive it.
-        assert!(store.delete_subscription("wh_a", now).await.unwrap());
-        assert!(!store.delete_subscription("wh_a", now).await.unwrap());
-        assert_eq!(
-            store.get_delivery("d1").await.unwrap().unwrap().status,
-            "cancelled"
-        );
-        store
-            .record_attempt(
-                "d1",
-                2,
-                &AttemptOutcome::Delivered { http_status: 200 },
-                now,
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            store.get_delivery("d1").await.unwrap().unwrap().status,
-            "cancelled"
-        );
-        assert_eq!(store.list_active_subscriptions().await.unwrap().len(), 1);
-
-        // Purge: settled rows before the first cutoff, dead letters only before the second.
-        assert_eq!(
-            store
-                .purge_deliveries("2026-01-03T00:00:00.000Z", "2026-01-01T00:00:00.000Z")
-                .await
-                .unwrap(),
-            2
-        );
-        assert!(store.get_delivery("d3").await.unwrap().is_some());
-        assert_eq!(
-            store
-                .purge_deliveries("2026-01-03T00:00:00.000Z", "2026-01-03T00:00:00.000Z")
-                .await
-                .unwrap(),
-            1
-        );
-        assert!(store.get_delivery("d3").await.unwrap().is_none());
+        rows.iter().map(crate::store::rows::delivery).collect()
     }
 }

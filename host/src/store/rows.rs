@@ -1,0 +1,170 @@
+//! Row → record mapping shared by both SQL backends. Both keep JSON as TEXT and integers as
+//! 64-bit, so one mapper per record serves SQLite and Postgres rows alike.
+
+use serde_json::Value;
+use sqlx::Row;
+
+use super::audit::{AuditEntry, Checkpoint};
+use super::packs::PackRecord;
+use super::webhooks::{Delivery, Subscription};
+use super::{EventRecord, RunRecord, StoreResult, StoredWorkflow};
+
+/// Typed column access over a backend's row type.
+pub(crate) trait Cols {
+    fn text(&self, col: &str) -> StoreResult<String>;
+    fn opt_text(&self, col: &str) -> StoreResult<Option<String>>;
+    fn int(&self, col: &str) -> StoreResult<i64>;
+    fn opt_int(&self, col: &str) -> StoreResult<Option<i64>>;
+
+    fn json(&self, col: &str) -> StoreResult<Value> {
+        Ok(serde_json::from_str(&self.text(col)?)?)
+    }
+    fn opt_json(&self, col: &str) -> StoreResult<Option<Value>> {
+        Ok(match self.opt_text(col)? {
+            Some(s) => Some(serde_json::from_str(&s)?),
+            None => None,
+        })
+    }
+}
+
+macro_rules! impl_cols {
+    ($row:ty) => {
+        impl Cols for $row {
+            fn text(&self, col: &str) -> StoreResult<String> {
+                Ok(self.try_get(col)?)
+            }
+            fn opt_text(&self, col: &str) -> StoreResult<Option<String>> {
+                Ok(self.try_get(col)?)
+            }
+            fn int(&self, col: &str) -> StoreResult<i64> {
+                Ok(self.try_get(col)?)
+            }
+            fn opt_int(&self, col: &str) -> StoreResult<Option<i64>> {
+                Ok(self.try_get(col)?)
+            }
+        }
+    };
+}
+impl_cols!(sqlx::sqlite::SqliteRow);
+impl_cols!(sqlx::postgres::PgRow);
+
+pub(crate) fn run<R: Cols>(r: &R) -> StoreResult<RunRecord> {
+    Ok(RunRecord {
+        run_id: r.text("run_id")?,
+        workflow_id: r.text("workflow_id")?,
+        definition_digest: r.text("definition_digest")?,
+        tenant_id: r.text("tenant_id")?,
+        principal_id: r.text("principal_id")?,
+        status: r.text("status")?,
+        inputs: r.json("inputs")?,
+        variables: r.json("variables")?,
+        options: r.json("options")?,
+        current_node_id: r.opt_text("current_node_id")?,
+        error: r.opt_json("error")?,
+        outputs: r.opt_json("outputs")?,
+        created_at: r.text("created_at")?,
+        started_at: r.opt_text("started_at")?,
+        completed_at: r.opt_text("completed_at")?,
+        updated_at: r.text("updated_at")?,
+    })
+}
+
+pub(crate) fn event<R: Cols>(r: &R) -> StoreResult<EventRecord> {
+    Ok(EventRecord {
+        run_id: r.text("run_id")?,
+        sequence: r.int("sequence")?,
+        event_id: r.text("event_id")?,
+        event_type: r.text("type")?,
+        node_id: r.opt_text("node_id")?,
+        causation_id: r.opt_text("causation_id")?,
+        payload: r.json("payload")?,
+        timestamp: r.text("timestamp")?,
+    })
+}
+
+pub(crate) fn workflow<R: Cols>(r: &R) -> StoreResult<StoredWorkflow> {
+    Ok(StoredWorkflow {
+        id: r.text("id")?,
+        version: r.text("version")?,
+        digest: r.text("digest")?,
+        definition: r.json("definition")?,
+        source: r.text("source")?,
+        created_at: r.text("created_at")?,
+        updated_at: r.text("updated_at")?,
+    })
+}
+
+pub(crate) fn subscription<R: Cols>(r: &R) -> StoreResult<Subscription> {
+    Ok(Subscription {
+        webhook_id: r.text("webhook_id")?,
+        tenant_id: r.text("tenant_id")?,
+        principal_id: r.text("principal_id")?,
+        url: r.text("url")?,
+        events: serde_json::from_value(r.json("events")?)?,
+        tags: r
+            .opt_json("tags")?
+            .map(serde_json::from_value)
+            .transpose()?,
+        secret: r.text("secret")?,
+        secret_fingerprint: r.text("secret_fingerprint")?,
+        status: r.text("status")?,
+        created_at: r.text("created_at")?,
+    })
+}
+
+pub(crate) fn delivery<R: Cols>(r: &R) -> StoreResult<Delivery> {
+    Ok(Delivery {
+        delivery_id: r.text("delivery_id")?,
+        webhook_id: r.text("webhook_id")?,
+        run_id: r.text("run_id")?,
+        event_id: r.text("event_id")?,
+        event_type: r.text("event_type")?,
+        sequence: r.int("sequence")?,
+        body: r.text("body")?,
+        status: r.text("status")?,
+        attempts: r.int("attempts")?,
+        next_attempt_ms: r.int("next_attempt_ms")?,
+        last_status: r.opt_int("last_status")?,
+        last_error: r.opt_text("last_error")?,
+        created_at: r.text("created_at")?,
+        finished_at: r.opt_text("finished_at")?,
+    })
+}
+
+pub(crate) fn audit_entry<R: Cols>(r: &R) -> StoreResult<AuditEntry> {
+    Ok(AuditEntry {
+        seq: r.int("seq")?,
+        occurred_at: r.text("occurred_at")?,
+        actor: r.text("actor")?,
+        action: r.text("action")?,
+        target: r.text("target")?,
+        details: r.json("details")?,
+        prev_hash: r.opt_text("prev_hash")?,
+        entry_hash: r.text("entry_hash")?,
+    })
+}
+
+pub(crate) fn checkpoint<R: Cols>(r: &R) -> StoreResult<Checkpoint> {
+    Ok(Checkpoint {
+        checkpoint_id: r.text("checkpoint_id")?,
+        at_sequence: r.int("at_sequence")?,
+        merkle_root: r.text("merkle_root")?,
+        signature: r.text("signature")?,
+        created_at: r.text("created_at")?,
+    })
+}
+
+pub(crate) fn pack<R: Cols>(r: &R) -> StoreResult<PackRecord> {
+    Ok(PackRecord {
+        tenant_id: r.text("tenant_id")?,
+        name: r.text("name")?,
+        version: r.text("version")?,
+        runtime: r.text("runtime")?,
+        manifest: r.json("manifest")?,
+        entry_sha256: r.text("entry_sha256")?,
+        tarball_sha256: r.opt_text("tarball_sha256")?,
+        type_ids: serde_json::from_value(r.json("type_ids")?)?,
+        published_by: r.text("published_by")?,
+        created_at: r.text("created_at")?,
+    })
+}
