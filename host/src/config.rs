@@ -17,6 +17,22 @@ pub struct ServeArgs {
     /// Data directory (SQLite database, generated API key).
     #[arg(long, default_value = "./wopbox-data")]
     pub data: PathBuf,
+    /// Database URL. Empty (default): embedded SQLite in the data directory. `postgres://…`:
+    /// PostgreSQL, which several wopbox processes may share (docs/postgres.md).
+    #[arg(
+        long,
+        env = "WOPBOX_DATABASE_URL",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub database: String,
+    /// Postgres connection pool size per process.
+    #[arg(long, default_value_t = 16)]
+    pub database_max_connections: u32,
+    /// Postgres: how long a run's execution lease lasts without renewal (milliseconds). A run
+    /// of a process that died is taken over by another process after at most this long.
+    #[arg(long, default_value_t = 10_000)]
+    pub lease_ttl_ms: u64,
     /// Accepted bearer API key (repeatable). Also `WOPBOX_API_KEYS` (comma-separated).
     #[arg(
         long = "api-key",
@@ -52,6 +68,8 @@ pub struct ServeArgs {
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// `None`: embedded SQLite in `data_dir`.
+    pub postgres: Option<crate::store::postgres::PgSettings>,
     pub api_keys: Vec<String>,
     pub workflows_dir: Option<PathBuf>,
     pub fixtures_dir: Option<PathBuf>,
@@ -78,9 +96,24 @@ impl Config {
         if keys.is_empty() {
             keys.push(load_or_generate_key(&args.data)?);
         }
+        let database = args.database.trim();
+        let postgres = if database.is_empty() {
+            None
+        } else if crate::store::postgres::is_postgres_url(database) {
+            Some(crate::store::postgres::PgSettings {
+                url: database.to_string(),
+                max_connections: args.database_max_connections,
+                lease_ttl: std::time::Duration::from_millis(args.lease_ttl_ms.clamp(500, 600_000)),
+            })
+        } else {
+            anyhow::bail!(
+                "--database must be a postgres:// or postgresql:// URL (leave it empty for SQLite)"
+            );
+        };
         Ok(Config {
             listen: args.listen,
             data_dir: args.data,
+            postgres,
             api_keys: keys,
             workflows_dir: args.workflows,
             fixtures_dir: args.fixtures,

@@ -19,9 +19,15 @@ pub trait EventSink: Send + Sync + 'static {
     fn committed(&self, run_id: &str, records: &[EventRecord]);
 }
 
+/// A run's live channel and the highest sequence published on it (-1: none yet).
+struct Live {
+    tx: broadcast::Sender<Arc<EventRecord>>,
+    last: i64,
+}
+
 pub struct EventLog {
     store: Arc<dyn Store>,
-    live: RwLock<HashMap<String, broadcast::Sender<Arc<EventRecord>>>>,
+    live: RwLock<HashMap<String, Live>>,
     sinks: RwLock<Vec<Arc<dyn EventSink>>>,
 }
 
@@ -59,21 +65,59 @@ impl EventLog {
     }
 
     fn publish(&self, run_id: &str, records: &[EventRecord]) {
+        if !self.live.read().unwrap().contains_key(run_id) {
+            return;
+        }
         let terminal = records.iter().any(EventRecord::is_terminal);
         {
-            let live = self.live.read().unwrap();
-            if let Some(tx) = live.get(run_id) {
-                for r in records {
-                    let _ = tx.send(Arc::new(r.clone()));
-                }
-            } else {
+            let mut live = self.live.write().unwrap();
+            let Some(l) = live.get_mut(run_id) else {
                 return;
+            };
+            for r in records {
+                let _ = l.tx.send(Arc::new(r.clone()));
+                l.last = l.last.max(r.sequence);
+            }
+            if terminal {
+                // Subscribers keep their receivers (and the buffered terminal event); later
+                // subscribers read the finished log from the store.
+                live.remove(run_id);
             }
         }
-        if terminal {
-            // Subscribers keep their receivers (and the buffered terminal event); later
-            // subscribers read the finished log from the store.
-            self.live.write().unwrap().remove(run_id);
+    }
+
+    /// Push events `first..=last` that another process committed (shared store) to this
+    /// process's live subscribers of the run; nothing to do without subscribers.
+    pub async fn forward_remote(&self, run_id: &str, first: i64, last: i64) {
+        let Some(seen) = self.live.read().unwrap().get(run_id).map(|l| l.last) else {
+            return;
+        };
+        let after = (first - 1).max(seen);
+        if after >= last {
+            return;
+        }
+        match self.store.list_events(run_id, after, last - after).await {
+            Ok(records) => self.publish(run_id, &records),
+            Err(e) => {
+                tracing::warn!(run_id, error = %e, "could not read events committed elsewhere")
+            }
+        }
+    }
+
+    /// Notifications may have been missed (the listener reconnected): publish whatever the
+    /// store has beyond what each live run's subscribers were sent.
+    pub async fn resync_remote(&self) {
+        let runs: Vec<(String, i64)> = self
+            .live
+            .read()
+            .unwrap()
+            .iter()
+            .map(|(id, l)| (id.clone(), l.last))
+            .collect();
+        for (run_id, seen) in runs {
+            if let Ok(records) = self.store.list_events(&run_id, seen, 1000).await {
+                self.publish(&run_id, &records);
+            }
         }
     }
 
@@ -81,9 +125,13 @@ impl EventLog {
     /// subscribing and de-duplicate by sequence, so nothing falls between the two.
     pub fn subscribe(&self, run_id: &str) -> broadcast::Receiver<Arc<EventRecord>> {
         let mut live = self.live.write().unwrap();
-        live.retain(|_, tx| tx.receiver_count() > 0);
+        live.retain(|_, l| l.tx.receiver_count() > 0);
         live.entry(run_id.to_string())
-            .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
+            .or_insert_with(|| Live {
+                tx: broadcast::channel(CHANNEL_CAPACITY).0,
+                last: -1,
+            })
+            .tx
             .subscribe()
     }
 }

@@ -8,6 +8,7 @@ pub mod api;
 pub mod audit;
 pub mod bench;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod events;
@@ -50,6 +51,8 @@ pub const ENGINE_VERSION: &str = concat!("wopbox/", env!("CARGO_PKG_VERSION"));
 pub struct Host {
     pub config: Config,
     pub store: Arc<dyn Store>,
+    /// Multi-process coordination when the store is shared (Postgres).
+    pub shared: Option<Arc<dyn store::shared::SharedStore>>,
     pub events: Arc<EventLog>,
     pub registry: Arc<NodeRegistry>,
     pub engine: Arc<Engine>,
@@ -59,6 +62,8 @@ pub struct Host {
     pub webhooks: Arc<webhooks::WebhookService>,
     /// Probes, admission and drain state (docs/operations.md).
     pub ops: Arc<ops::Ops>,
+    /// Multi-process background work, when the store is shared.
+    pub cluster: Option<Arc<cluster::Cluster>>,
     /// Extra resource routers merged into the API.
     pub routers: Vec<Router<AppState>>,
     /// Fixture ids whose semantics are implemented (see [`CORE_FIXTURES`]).
@@ -68,8 +73,17 @@ pub struct Host {
 impl Host {
     /// Open storage and assemble the engine with the built-in node types.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let store: Arc<dyn Store> =
-            Arc::new(store::sqlite::SqliteStore::open(&config.data_dir).await?);
+        let (store, shared): (Arc<dyn Store>, Option<Arc<dyn store::shared::SharedStore>>) =
+            match &config.postgres {
+                Some(pg) => {
+                    let s = Arc::new(store::postgres::PgStore::open(pg).await?);
+                    (s.clone(), Some(s))
+                }
+                None => (
+                    Arc::new(store::sqlite::SqliteStore::open(&config.data_dir).await?),
+                    None,
+                ),
+            };
         let events = Arc::new(EventLog::new(store.clone()));
         let registry = Arc::new(NodeRegistry::new());
         engine::nodes::register_core(&registry);
@@ -82,6 +96,16 @@ impl Host {
             Some(audit.clone()),
         )?;
         events.add_sink(webhooks.clone());
+        let cluster = shared.clone().map(|shared| {
+            engine.set_shared(shared.clone());
+            Arc::new(cluster::Cluster {
+                shared,
+                engine: engine.clone(),
+                events: events.clone(),
+                webhooks: webhooks.clone(),
+                packs: std::sync::OnceLock::new(),
+            })
+        });
         discovery.set_block("webhooks", webhooks.discovery_block(), false);
         discovery.set_block("auth", audit.discovery_block(), false);
         let routers = vec![
@@ -93,12 +117,14 @@ impl Host {
             config,
             ops,
             store,
+            shared,
             events,
             registry,
             engine,
             discovery,
             audit,
             webhooks,
+            cluster,
             routers,
             supported_fixtures: CORE_FIXTURES.iter().map(|s| s.to_string()).collect(),
         })
@@ -159,6 +185,9 @@ impl Host {
             tracing::info!(resumed, "resumed unfinished runs");
         }
         self.webhooks.start().await?;
+        if let Some(c) = &self.cluster {
+            c.start().await?;
+        }
         self.audit.spawn_checkpointer();
         let keys = Arc::new(api::auth::KeyRing::new(&self.config.api_keys));
         let state = AppState {
@@ -200,6 +229,9 @@ impl Host {
                 shutdown_signal().await;
                 tokio::time::sleep(std::time::Duration::from_secs(5)).await;
             } => tracing::warn!("shutdown grace period over; exiting with requests still open"),
+        }
+        if let Some(c) = &self.cluster {
+            c.release().await;
         }
         Ok(())
     }

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::events::EventLog;
+use crate::store::shared::SharedStore;
 use crate::store::{ts, NewEvent, RunRecord, RunUpdate, Store, StoreError, StoredWorkflow};
 use dag::{Graph, Problem};
 pub use registry::{
@@ -81,6 +82,9 @@ pub struct Engine {
     graphs: RwLock<HashMap<String, Arc<Graph>>>,
     /// Live runs → their cancel signal (reason). Held only for O(1) inserts/lookups.
     active: Mutex<HashMap<String, watch::Sender<Option<String>>>>,
+    /// Set when the store is shared with other processes (Postgres): cancels of runs another
+    /// process executes are routed to it.
+    shared: std::sync::OnceLock<Arc<dyn SharedStore>>,
 }
 
 impl Engine {
@@ -95,7 +99,18 @@ impl Engine {
             registry,
             graphs: RwLock::new(HashMap::new()),
             active: Mutex::new(HashMap::new()),
+            shared: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Declare the store shared with other processes (see [`crate::cluster`]).
+    pub fn set_shared(&self, shared: Arc<dyn SharedStore>) {
+        let _ = self.shared.set(shared);
+    }
+
+    /// Whether this process is executing `run_id` right now.
+    pub fn is_active(&self, run_id: &str) -> bool {
+        self.active.lock().unwrap().contains_key(run_id)
     }
 
     pub fn registry(&self) -> &Arc<NodeRegistry> {
@@ -209,15 +224,22 @@ impl Engine {
         let engine = self.clone();
         tokio::spawn(async move {
             let run_id = run.run_id.clone();
-            if let Err(e) = scheduler::drive(engine.clone(), run, resume, rx).await {
-                tracing::error!(run_id = %run_id, error = %e, "run driver failed; failing the run");
-                engine
-                    .fail_run(
-                        &run_id,
-                        "internal_error",
-                        &format!("the run could not continue: {e}"),
-                    )
-                    .await;
+            match scheduler::drive(engine.clone(), run, resume, rx).await {
+                Ok(()) => {}
+                // Another process took the run over (our lease had expired): it finishes it.
+                Err(StoreError::LeaseLost) => {
+                    tracing::warn!(run_id = %run_id, "run taken over by another process; stopped driving it")
+                }
+                Err(e) => {
+                    tracing::error!(run_id = %run_id, error = %e, "run driver failed; failing the run");
+                    engine
+                        .fail_run(
+                            &run_id,
+                            "internal_error",
+                            &format!("the run could not continue: {e}"),
+                        )
+                        .await;
+                }
             }
             engine.active.lock().unwrap().remove(&run_id);
         });
@@ -239,7 +261,10 @@ impl Engine {
                 ..Default::default()
             };
             match self.events.append(run_id, vec![ev], Some(update)).await {
-                Ok(_) | Err(StoreError::RunTerminal) | Err(StoreError::RunNotFound) => return,
+                Ok(_)
+                | Err(StoreError::RunTerminal)
+                | Err(StoreError::RunNotFound)
+                | Err(StoreError::LeaseLost) => return,
                 Err(e) => {
                     tracing::warn!(run_id, error = %e, "could not record run failure; retrying");
                     tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
@@ -248,15 +273,34 @@ impl Engine {
         }
     }
 
-    /// Resume (or fail) every run that a previous process left unfinished.
+    /// Resume (or fail) every run that a previous process left unfinished. On a shared store
+    /// these are the runs whose lease expired (their process died); this is called periodically
+    /// to take them over.
     pub async fn recover(self: &Arc<Self>) -> anyhow::Result<usize> {
         let runs = self.store.list_unfinished_runs().await?;
-        let n = runs.len();
+        let mut n = 0;
         for run in runs {
-            tracing::info!(run_id = %run.run_id, status = %run.status, "resuming run after restart");
+            // Our own lease may have lapsed (e.g. the database was unreachable for a while)
+            // while the driver kept going: never start a second driver for the same run.
+            if self.is_active(&run.run_id) {
+                continue;
+            }
+            tracing::info!(run_id = %run.run_id, status = %run.status, "resuming unfinished run");
             self.spawn(run, true);
+            n += 1;
         }
         Ok(n)
+    }
+
+    /// Signal a run executing here to cancel (a request that arrived on another process).
+    pub fn cancel_local(&self, run_id: &str, reason: &str) -> bool {
+        match self.active.lock().unwrap().get(run_id) {
+            Some(tx) => {
+                tx.send_replace(Some(reason.to_string()));
+                true
+            }
+            None => false,
+        }
     }
 
     pub async fn cancel(
@@ -265,17 +309,7 @@ impl Engine {
         reason: Option<String>,
     ) -> Result<CancelOutcome, StoreError> {
         let reason = reason.unwrap_or_else(|| "cancelled by client".to_string());
-        let signalled = {
-            let active = self.active.lock().unwrap();
-            match active.get(run_id) {
-                Some(tx) => {
-                    tx.send_replace(Some(reason.clone()));
-                    true
-                }
-                None => false,
-            }
-        };
-        if signalled {
+        if self.cancel_local(run_id, &reason) {
             self.store.set_run_status(run_id, "cancelling").await?;
             return Ok(CancelOutcome::Cancelling);
         }
@@ -284,6 +318,18 @@ impl Engine {
         };
         if run.is_terminal() {
             return Ok(CancelOutcome::AlreadyTerminal(run.status));
+        }
+        // Executed by another live process: mark it `cancelling` and tell that process, which
+        // appends `run.cancelled` (or whoever takes the run over does, seeing `cancelling`).
+        if let Some(shared) = self.shared.get() {
+            if shared.other_executor(run_id).await?.is_some() {
+                return Ok(if shared.request_cancel(run_id, &reason).await? {
+                    CancelOutcome::Cancelling
+                } else {
+                    let status = self.store.get_run(run_id).await?.map(|r| r.status);
+                    CancelOutcome::AlreadyTerminal(status.unwrap_or_default())
+                });
+            }
         }
         let ev = NewEvent::new(
             "run.cancelled",

@@ -175,6 +175,14 @@ impl WebhookService {
         Ok(())
     }
 
+    /// Re-read the active subscriptions (another process sharing the store changed them).
+    pub async fn reload_subscriptions(&self) -> StoreResult<()> {
+        let active = self.store.list_active_subscriptions().await?;
+        *self.subs.write().unwrap_or_else(|e| e.into_inner()) = active;
+        self.wake.notify_one();
+        Ok(())
+    }
+
     fn queue(&self, run_id: &str) {
         let fresh = self
             .queued
@@ -481,6 +489,7 @@ impl WebhookService {
                 .store
                 .due_deliveries(&sub.webhook_id, now, i64::from(free + mine))
                 .await?;
+            let mut unstarted = Vec::new();
             for d in due {
                 let claimed = {
                     let mut g = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
@@ -498,8 +507,11 @@ impl WebhookService {
                 if claimed {
                     started += 1;
                     tokio::spawn(self.clone().deliver(sub.clone(), d));
+                } else {
+                    unstarted.push(d.delivery_id);
                 }
             }
+            self.store.release_deliveries(&unstarted).await?;
         }
         Ok(started)
     }
