@@ -25,8 +25,32 @@ pub const CORE_FIXTURES: [&str; 7] = [
     "conformance-identity",
 ];
 
-/// `shared/conformance-fixtures` beside the repository.
+/// A fresh database on the test Postgres server (`WOPBOX_TEST_PG_URL`, started by
+/// scripts/test.sh). `None` skips the caller outside CI; under CI=true a missing server fails.
+pub async fn pg_database() -> Option<String> {
+    match std::env::var("WOPBOX_TEST_PG_URL") {
+        Ok(admin) if !admin.is_empty() => Some(
+            wopbox::store::postgres::scratch_database(&admin)
+                .await
+                .expect("create a scratch database"),
+        ),
+        _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true but WOPBOX_TEST_PG_URL is not set: run the tests through scripts/test.sh"
+            );
+            eprintln!("WOPBOX_TEST_PG_URL not set: Postgres test skipped");
+            None
+        }
+    }
+}
+
+/// `shared/conformance-fixtures` beside the repository (or `WOPBOX_FIXTURES_DIR`, for a
+/// checkout elsewhere, e.g. a git worktree).
 pub fn fixtures_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("WOPBOX_FIXTURES_DIR") {
+        return PathBuf::from(dir);
+    }
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance-fixtures")
 }
 
@@ -40,6 +64,8 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Reuse this data dir (for restart tests) instead of a fresh temp dir.
     pub data_dir: Option<PathBuf>,
+    /// `--database URL` (Postgres); `None` = embedded SQLite.
+    pub database: Option<String>,
 }
 
 impl Default for Options {
@@ -50,6 +76,7 @@ impl Default for Options {
             extra_args: vec![],
             env: vec![],
             data_dir: None,
+            database: None,
         }
     }
 }
@@ -90,8 +117,12 @@ impl Host {
         if opts.fixtures {
             cmd.arg("--fixtures").arg(fixtures_dir());
         }
+        if let Some(db) = &opts.database {
+            cmd.arg("--database").arg(db);
+        }
         cmd.args(&opts.extra_args);
         cmd.env_remove("WOPBOX_API_KEYS");
+        cmd.env_remove("WOPBOX_DATABASE_URL");
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }

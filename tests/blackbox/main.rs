@@ -13,6 +13,7 @@ mod idempotency;
 mod interop;
 mod ops;
 mod packs;
+mod postgres;
 mod remote;
 mod runs;
 mod sandbox_seam;

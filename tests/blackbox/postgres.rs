@@ -1,0 +1,286 @@
+//! The Postgres backend over HTTP: the same behaviour as SQLite for one process, and several
+//! processes on one database acting as one host — takeover of a killed process's runs without
+//! duplicated events, SSE across processes, cancels and idempotency keys across processes.
+//! Needs `WOPBOX_TEST_PG_URL` (scripts/test.sh starts a throwaway cluster); fails under CI=true
+//! without it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::harness::*;
+
+/// A short lease so takeover tests do not wait the default 10 s.
+const LEASE_MS: &str = "1000";
+
+fn on(db: &str, data_dir: Option<PathBuf>) -> Options {
+    Options {
+        database: Some(db.to_string()),
+        data_dir,
+        extra_args: vec!["--lease-ttl-ms".into(), LEASE_MS.into()],
+        ..Default::default()
+    }
+}
+
+/// No event appears twice: no repeated event id, and no node attempt started or finished
+/// twice (what a second driver writing into the same run would produce).
+fn assert_no_duplicates(events: &[Value]) {
+    let mut seen = std::collections::HashSet::new();
+    for e in events {
+        let t = e["type"].as_str().unwrap();
+        if t.starts_with("node.") && t != "node.log" {
+            let key = (
+                t.to_string(),
+                e["nodeId"].clone().to_string(),
+                e["payload"]["attempt"].to_string(),
+            );
+            assert!(
+                seen.insert(key),
+                "duplicated {t}: {:?}",
+                Host::event_types(events)
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn postgres_runs_stream_and_replay_like_sqlite() {
+    let Some(db) = pg_database().await else {
+        return;
+    };
+    let h = Host::start_with(on(&db, None)).await;
+    let id = h.create_run("conformance-multi-node", json!({})).await;
+    let snap = h.wait_terminal(&id, Duration::from_secs(10)).await;
+    assert_eq!(snap["status"], "completed", "{snap}");
+    let events = h.events(&id).await;
+    assert_event_log(&id, &events);
+    let sse = h
+        .sse(
+            &format!("/v1/runs/{id}/events?streamMode=debug"),
+            Some("1"),
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(sse.closed, "stream of a finished run closes");
+    let streamed: Vec<Value> = sse.frames.iter().map(|f| f.data.clone()).collect();
+    assert_eq!(streamed, events[2..], "resumes after Last-Event-ID 1");
+
+    // The same run on SQLite logs the same event types in the same order.
+    let lite = Host::start().await;
+    let lite_id = lite.create_run("conformance-multi-node", json!({})).await;
+    lite.wait_terminal(&lite_id, Duration::from_secs(10)).await;
+    assert_eq!(
+        Host::event_types(&lite.events(&lite_id).await),
+        Host::event_types(&events)
+    );
+
+    // Idempotency: same key and body replays; a different body is a mismatch.
+    let send = |nonce: &'static str| {
+        h.req(Method::POST, "/v1/runs")
+            .header("idempotency-key", "pg-key")
+            .json(&json!({"workflowId": "conformance-idempotent", "inputs": {"nonce": nonce}}))
+            .send()
+    };
+    let (s1, b1) = read(send("a").await.unwrap()).await;
+    assert_eq!(s1, StatusCode::CREATED, "{b1}");
+    let r2 = send("a").await.unwrap();
+    assert_eq!(
+        r2.headers().get("openwop-idempotent-replay").unwrap(),
+        "true"
+    );
+    let (_, b2) = read(r2).await;
+    assert_eq!(b2["runId"], b1["runId"]);
+    let (s3, b3) = read(send("b").await.unwrap()).await;
+    assert_eq!(s3, StatusCode::CONFLICT, "{b3}");
+
+    // The audit chain verifies on Postgres too.
+    let (s, v) = h.get("/v1/audit/verify").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["chainValid"], true, "{v}");
+    assert_eq!(v["anomalies"], json!([]), "{v}");
+}
+
+#[tokio::test]
+async fn postgres_kill9_restart_resumes_in_flight_runs() {
+    let Some(db) = pg_database().await else {
+        return;
+    };
+    let mut h = Host::start_with(on(&db, None)).await;
+    let dir = h.data_dir.clone();
+    let _tmp = h.take_tmp();
+    let done = h.create_run("conformance-multi-node", json!({})).await;
+    h.wait_terminal(&done, Duration::from_secs(10)).await;
+    let before = h.events(&done).await;
+    let slow = h
+        .create_run("conformance-delay", json!({"delayMs": 1500}))
+        .await;
+    wait_for_event(&h, &slow, "node.started").await;
+    h.kill9();
+
+    let h = Host::start_with(on(&db, Some(dir))).await;
+    assert_eq!(
+        h.events(&done).await,
+        before,
+        "finished logs survive verbatim"
+    );
+    let snap = h.wait_terminal(&slow, Duration::from_secs(20)).await;
+    assert_eq!(snap["status"], "completed", "{snap}");
+    let events = h.events(&slow).await;
+    assert_event_log(&slow, &events);
+    assert_no_duplicates(&events);
+    assert!(Host::event_types(&events).contains(&"run.resumed".to_string()));
+}
+
+/// Poll until the run's log holds an event of `event_type`.
+async fn wait_for_event(h: &Host, run_id: &str, event_type: &str) {
+    for _ in 0..400 {
+        if h.events(run_id)
+            .await
+            .iter()
+            .any(|e| e["type"] == event_type)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("run {run_id} never logged {event_type}");
+}
+
+#[tokio::test]
+async fn a_killed_process_runs_are_finished_by_another_without_duplicates() {
+    let Some(db) = pg_database().await else {
+        return;
+    };
+    let mut a = Host::start_with(on(&db, None)).await;
+    let dir = a.data_dir.clone();
+    let _tmp = a.take_tmp();
+    let b = Host::start_with(on(&db, Some(dir))).await;
+
+    // Runs accepted by A; A executes them.
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(
+            a.create_run("conformance-delay", json!({"delayMs": 2000}))
+                .await,
+        );
+    }
+    for id in &ids {
+        wait_for_event(&a, id, "node.started").await;
+    }
+    let seen_on_a: Vec<Vec<Value>> = {
+        let mut v = Vec::new();
+        for id in &ids {
+            v.push(a.events(id).await);
+        }
+        v
+    };
+    a.kill9();
+
+    // B takes them over once A's leases expire, and finishes each exactly once.
+    for (id, before) in ids.iter().zip(&seen_on_a) {
+        let snap = b.wait_terminal(id, Duration::from_secs(30)).await;
+        assert_eq!(snap["status"], "completed", "{snap}");
+        let events = b.events(id).await;
+        assert_event_log(id, &events);
+        assert_no_duplicates(&events);
+        assert_eq!(
+            &events[..before.len()],
+            &before[..],
+            "A's events kept verbatim"
+        );
+        let types = Host::event_types(&events);
+        assert_eq!(
+            types.iter().filter(|t| *t == "run.resumed").count(),
+            1,
+            "{types:?}"
+        );
+        let attempts: Vec<_> = events
+            .iter()
+            .filter(|e| e["type"] == "node.started")
+            .map(|e| e["payload"]["attempt"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            attempts,
+            [1, 2],
+            "the interrupted node is re-dispatched once"
+        );
+    }
+}
+
+#[tokio::test]
+async fn processes_share_streams_cancels_and_idempotency_keys() {
+    let Some(db) = pg_database().await else {
+        return;
+    };
+    let mut a = Host::start_with(on(&db, None)).await;
+    let dir = a.data_dir.clone();
+    let _tmp = a.take_tmp();
+    let b = Host::start_with(on(&db, Some(dir))).await;
+
+    // SSE on B of a run A executes: B has no driver for it, so only A's notifications can
+    // bring the live events — including the terminal one that closes the stream.
+    let id = a
+        .create_run("conformance-delay", json!({"delayMs": 1500}))
+        .await;
+    let sse = b
+        .sse(
+            &format!("/v1/runs/{id}/events?streamMode=debug"),
+            None,
+            Duration::from_secs(20),
+        )
+        .await;
+    assert_eq!(sse.status, StatusCode::OK);
+    assert!(
+        sse.closed,
+        "B's stream ended with A's terminal event: {:?}",
+        sse.frames.len()
+    );
+    let streamed: Vec<Value> = sse.frames.iter().map(|f| f.data.clone()).collect();
+    assert_eq!(
+        streamed,
+        a.events(&id).await,
+        "the whole log, in order, once"
+    );
+    assert_eq!(streamed.last().unwrap()["type"], "run.completed");
+
+    // A cancel sent to B reaches the run executing on A.
+    let id = a
+        .create_run("conformance-cancellable", json!({"delayMs": 60000}))
+        .await;
+    wait_for_event(&a, &id, "node.started").await;
+    let (s, body) = b.post(&format!("/v1/runs/{id}/cancel"), json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let snap = a.wait_terminal(&id, Duration::from_secs(10)).await;
+    assert_eq!(snap["status"], "cancelled", "{snap}");
+    let events = b.events(&id).await;
+    assert_event_log(&id, &events);
+    assert!(
+        !Host::event_types(&events).contains(&"run.resumed".to_string()),
+        "A cancelled its own run; nobody took it over"
+    );
+
+    // An idempotency key used on A replays on B.
+    let send = |h: &Host| {
+        h.req(Method::POST, "/v1/runs")
+            .header("idempotency-key", "shared-key")
+            .json(&json!({"workflowId": "conformance-idempotent", "inputs": {"nonce": "x"}}))
+            .send()
+    };
+    let (s1, b1) = read(send(&a).await.unwrap()).await;
+    assert_eq!(s1, StatusCode::CREATED, "{b1}");
+    let r2 = send(&b).await.unwrap();
+    assert_eq!(
+        r2.headers().get("openwop-idempotent-replay").unwrap(),
+        "true"
+    );
+    assert_eq!(read(r2).await.1["runId"], b1["runId"]);
+
+    // Both processes appended to one audit chain (run creations, cancels): it has no fork.
+    let (s, v) = b.get("/v1/audit/verify").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["chainValid"], true, "{v}");
+    assert_eq!(v["anomalies"], json!([]), "{v}");
+    a.kill9();
+}
