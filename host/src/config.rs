@@ -4,8 +4,6 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use rand::RngCore;
-
 /// Default request-body limit (advertised as `limits.maxRequestBodyBytes`).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
@@ -41,6 +39,10 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub api_keys: Vec<String>,
+    /// Operator config file (TOML): scoped, tenant-bound API keys in `[[keys]]` (see
+    /// `wopbox keys mint`). Re-read while serving, so revocations apply without a restart.
+    #[arg(long, env = "WOPBOX_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Directory of workflow definitions (`*.json`) to register at boot.
     #[arg(long)]
     pub workflows: Option<PathBuf>,
@@ -71,6 +73,7 @@ pub struct Config {
     /// `None`: embedded SQLite in `data_dir`.
     pub postgres: Option<crate::store::postgres::PgSettings>,
     pub api_keys: Vec<String>,
+    pub config_file: Option<PathBuf>,
     pub workflows_dir: Option<PathBuf>,
     pub fixtures_dir: Option<PathBuf>,
     pub max_body_bytes: usize,
@@ -83,8 +86,9 @@ pub struct Config {
 pub const KEY_FILE: &str = "api-key";
 
 impl Config {
-    /// Resolve the configuration. With no key configured, the first start generates one,
-    /// stores it in `<data>/api-key` (mode 0600) and prints it once; later starts reuse it.
+    /// Resolve the configuration. With no key configured (no `--api-key`, and no `[[keys]]` in
+    /// the config file), the first start generates one, stores it in `<data>/api-key` (mode
+    /// 0600) and prints it once; later starts reuse it.
     pub fn from_args(args: ServeArgs) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&args.data)?;
         let mut keys: Vec<String> = args
@@ -93,7 +97,11 @@ impl Config {
             .map(|k| k.trim().to_string())
             .filter(|k| !k.is_empty())
             .collect();
-        if keys.is_empty() {
+        let file_has_keys = match &args.config {
+            Some(path) => !crate::keys::file::load(path)?.is_empty(),
+            None => false,
+        };
+        if keys.is_empty() && !file_has_keys {
             keys.push(load_or_generate_key(&args.data)?);
         }
         let database = args.database.trim();
@@ -115,6 +123,7 @@ impl Config {
             data_dir: args.data,
             postgres,
             api_keys: keys,
+            config_file: args.config,
             workflows_dir: args.workflows,
             fixtures_dir: args.fixtures,
             max_body_bytes: args.max_body_bytes.max(1024),
@@ -134,9 +143,7 @@ fn load_or_generate_key(data: &Path) -> anyhow::Result<String> {
             return Ok(k);
         }
     }
-    let mut bytes = [0u8; 24];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    let key = format!("wbx_{}", hex::encode(bytes));
+    let key = crate::keys::new_secret();
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]

@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod events;
+pub mod keys;
 pub mod ops;
 pub mod packs;
 pub mod store;
@@ -44,6 +45,9 @@ pub const CORE_FIXTURES: [&str; 7] = [
     "conformance-cancellable",
     "conformance-identity",
 ];
+
+/// How often a serving host re-reads the config file's keys (a revocation applies this fast).
+pub const KEY_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Version stamped on events (`engineVersion`).
 pub const ENGINE_VERSION: &str = concat!("wopbox/", env!("CARGO_PKG_VERSION"));
@@ -189,7 +193,11 @@ impl Host {
             c.start().await?;
         }
         self.audit.spawn_checkpointer();
-        let keys = Arc::new(api::auth::KeyRing::new(&self.config.api_keys));
+        let keys = Arc::new(match &self.config.config_file {
+            Some(path) => api::auth::KeyRing::with_file(&self.config.api_keys, path)?,
+            None => api::auth::KeyRing::new(&self.config.api_keys),
+        });
+        keys.spawn_reloader(KEY_RELOAD_INTERVAL);
         let state = AppState {
             engine: self.engine.clone(),
             events: self.events.clone(),

@@ -17,5 +17,6 @@ mod postgres;
 mod remote;
 mod runs;
 mod sandbox_seam;
+mod scopes;
 mod webhooks;
 mod workflows;

@@ -40,6 +40,16 @@ impl ApiError {
         )
         .header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
     }
+    /// `403 forbidden` for a valid key that lacks `scope` (auth.md); the scope is named under
+    /// `details.scopeRequired` because the envelope allows no other top-level keys.
+    pub fn forbidden_scope(scope: &str) -> Self {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this API key lacks the scope '{scope}' required here"),
+        )
+        .details(json!({"scopeRequired": scope}))
+    }
     pub fn validation(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, "validation_error", message)
     }

@@ -10,6 +10,7 @@ pub mod events;
 pub mod execute;
 pub mod packs;
 pub mod runs;
+pub mod scopes;
 pub mod seams;
 pub mod webhooks;
 pub mod workflows;

@@ -99,6 +99,7 @@ async fn record(
         .keys
         .authenticate(req.headers())
         .map(|p| p.id)
+        .ok()
         .unwrap_or_else(|| "anonymous".to_string());
     let resp = next.run(req).await;
     let status = resp.status();
