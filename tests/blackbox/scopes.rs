@@ -78,6 +78,14 @@ pub async fn call(
     read(req.send().await.unwrap()).await
 }
 
+/// `POST /v1/runs` with `key`, asserting 201; returns the runId.
+pub async fn create_run_as(h: &Host, key: &str, workflow_id: &str) -> String {
+    let body = json!({"workflowId": workflow_id});
+    let (status, created) = call(h, key, Method::POST, "/v1/runs", Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    created["runId"].as_str().unwrap().to_string()
+}
+
 fn assert_forbidden(status: StatusCode, body: &Value, scope: &str, what: &str) {
     assert_eq!(status, StatusCode::FORBIDDEN, "{what}: {body}");
     assert_envelope(body, "forbidden");
@@ -95,16 +103,7 @@ async fn a_key_lacking_a_scope_gets_403_naming_it_and_nothing_happens() {
     let h = host_with_config(&config).await;
 
     // Allowed: the creator starts a run the reader may then read.
-    let (status, created) = call(
-        &h,
-        &creator,
-        Method::POST,
-        "/v1/runs",
-        Some(json!({"workflowId": "conformance-cancellable"})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{created}");
-    let run_id = created["runId"].as_str().unwrap().to_string();
+    let run_id = create_run_as(&h, &creator, "conformance-cancellable").await;
     let run_path = format!("/v1/runs/{run_id}");
     let (status, snap) = call(&h, &reader, Method::GET, &run_path, None).await;
     assert_eq!(status, StatusCode::OK, "{snap}");
@@ -252,16 +251,10 @@ async fn cli_mint_list_revoke_round_trip_on_a_running_host() {
     assert!(!listed.to_string().contains(&secret), "{listed}");
 
     let h = host_with_config(&config).await;
-    let (status, body) = call(
-        &h,
-        &secret,
-        Method::POST,
-        "/v1/runs",
-        Some(json!({"workflowId": "conformance-noop"})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let run_path = format!("/v1/runs/{}", body["runId"].as_str().unwrap());
+    let run_path = format!(
+        "/v1/runs/{}",
+        create_run_as(&h, &secret, "conformance-noop").await
+    );
     let (status, snap) = call(&h, &secret, Method::GET, &run_path, None).await;
     assert_eq!(status, StatusCode::OK, "{snap}");
     assert_eq!(snap["owner"]["tenant"], "acme", "{snap}");

@@ -100,16 +100,7 @@ fn legacy_entry(key: &str) -> Entry {
 }
 
 fn file_entries(path: &Path) -> Result<(Vec<Entry>, String), KeyFileError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(source) => {
-            return Err(KeyFileError::Read {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-    };
+    let text = keys::file::read_text(path)?;
     let entries = keys::file::parse(path, &text)?
         .into_iter()
         .filter_map(|k| {

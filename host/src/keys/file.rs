@@ -160,16 +160,21 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<KeyEntry>, KeyFileError> {
     Ok(doc.keys)
 }
 
-/// Read the file's keys; a missing file has none.
-pub fn load(path: &Path) -> Result<Vec<KeyEntry>, KeyFileError> {
+/// The file's text; a missing file reads as empty (no keys yet).
+pub fn read_text(path: &Path) -> Result<String, KeyFileError> {
     match std::fs::read_to_string(path) {
-        Ok(text) => parse(path, &text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
         Err(source) => Err(KeyFileError::Read {
             path: path.to_path_buf(),
             source,
         }),
     }
+}
+
+/// Read the file's keys; a missing file has none.
+pub fn load(path: &Path) -> Result<Vec<KeyEntry>, KeyFileError> {
+    parse(path, &read_text(path)?)
 }
 
 /// Apply `change` to the file's TOML document under an exclusive lock and replace the file
@@ -191,16 +196,7 @@ pub fn edit<T>(
         .map_err(write_err)?;
     lock.lock().map_err(write_err)?;
 
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(source) => {
-            return Err(KeyFileError::Read {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-    };
+    let text = read_text(path)?;
     // Refuse to rewrite a file that does not load: the operator must fix it first.
     parse(path, &text)?;
     let mut doc: toml_edit::DocumentMut =
