@@ -145,7 +145,11 @@ impl Host {
     pub async fn load_definitions(&self) -> anyhow::Result<()> {
         if let Some(dir) = &self.config.workflows_dir {
             for (path, def) in read_json_dir(dir, |_| true)? {
-                match self.engine.register_workflow(def, "workflows-dir").await {
+                match self
+                    .engine
+                    .register_workflow(store::SHARED_TENANT, def, "workflows-dir")
+                    .await
+                {
                     Ok(wf) => tracing::info!(workflow = %wf.id, "registered workflow"),
                     Err(e) => {
                         tracing::warn!(path = %path, error = %describe(&e), "skipped invalid workflow")
@@ -169,7 +173,11 @@ impl Host {
                     tracing::info!(fixture = %id, %reason, "fixture skipped");
                     continue;
                 }
-                match self.engine.register_workflow(def, "fixtures").await {
+                match self
+                    .engine
+                    .register_workflow(store::SHARED_TENANT, def, "fixtures")
+                    .await
+                {
                     Ok(wf) => self.discovery.add_fixture(&wf.id),
                     Err(e) => {
                         tracing::warn!(path = %path, reason = %describe(&e), "fixture skipped")

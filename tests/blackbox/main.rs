@@ -18,5 +18,6 @@ mod remote;
 mod runs;
 mod sandbox_seam;
 mod scopes;
+mod tenancy;
 mod webhooks;
 mod workflows;

@@ -48,8 +48,14 @@ pub fn mint(config: &Path, tenant: &str, scopes: &[&str]) -> (String, String) {
 
 /// A host serving `config` (plus the legacy full-scope `KEY`), with a temp dir holding both.
 pub async fn host_with_config(config: &Path) -> Host {
+    host_with_config_and(config, &[]).await
+}
+
+pub async fn host_with_config_and(config: &Path, extra: &[&str]) -> Host {
+    let mut extra_args = vec!["--config".to_string(), config.display().to_string()];
+    extra_args.extend(extra.iter().map(|s| s.to_string()));
     Host::start_with(Options {
-        extra_args: vec!["--config".into(), config.display().to_string()],
+        extra_args,
         ..Default::default()
     })
     .await

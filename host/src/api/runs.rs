@@ -112,7 +112,11 @@ pub async fn create(
         }
     }
 
-    let prepared = match st.engine.prepare_run(&workflow_id, &inputs).await {
+    let prepared = match st
+        .engine
+        .prepare_run(&principal.tenant, &workflow_id, &inputs)
+        .await
+    {
         Ok(p) => p,
         Err(EngineError::WorkflowNotFound(id)) => {
             return Err(ApiError::validation(format!("unknown workflowId '{id}'"))

@@ -1,12 +1,13 @@
 //! Workflow definitions: `GET /v1/workflows/{workflowId}` (spec) plus the host-extension
 //! registration routes `POST /v1/workflows` and `PUT /v1/workflows/{workflowId}`, and a list.
+//! Definitions registered here belong to the caller's tenant; the operator's are shared.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
-use super::auth::Auth;
+use super::auth::{Auth, Principal};
 use super::body::JsonBody;
 use super::error::ApiError;
 use super::AppState;
@@ -20,17 +21,29 @@ fn summary(wf: &StoredWorkflow) -> Value {
         "version": wf.version,
         "digest": wf.digest,
         "source": wf.source,
+        "shared": wf.tenant_id == crate::store::SHARED_TENANT,
         "createdAt": wf.created_at,
         "updatedAt": wf.updated_at,
     })
 }
 
-async fn register(st: &AppState, def: Value) -> Result<Response, ApiError> {
+/// Registers `def` for the caller's tenant. 200 when the caller already saw a definition of
+/// that id (its own, or a shared one it now shadows), 201 otherwise.
+async fn register(st: &AppState, principal: &Principal, def: Value) -> Result<Response, ApiError> {
     let existed = match def.get("id").and_then(Value::as_str) {
-        Some(id) => st.engine.store().get_workflow(id).await?.is_some(),
+        Some(id) => st
+            .engine
+            .store()
+            .get_workflow(&principal.tenant, id)
+            .await?
+            .is_some(),
         None => false,
     };
-    match st.engine.register_workflow(def, "api").await {
+    match st
+        .engine
+        .register_workflow(&principal.tenant, def, "api")
+        .await
+    {
         Ok(wf) => {
             let status = if existed {
                 StatusCode::OK
@@ -51,15 +64,15 @@ async fn register(st: &AppState, def: Value) -> Result<Response, ApiError> {
 
 pub async fn create(
     State(st): State<AppState>,
-    Auth(_): Auth,
+    Auth(principal): Auth,
     JsonBody(def): JsonBody,
 ) -> Result<Response, ApiError> {
-    register(&st, def).await
+    register(&st, &principal, def).await
 }
 
 pub async fn put(
     State(st): State<AppState>,
-    Auth(_): Auth,
+    Auth(principal): Auth,
     Path(workflow_id): Path<String>,
     JsonBody(mut def): JsonBody,
 ) -> Result<Response, ApiError> {
@@ -76,15 +89,20 @@ pub async fn put(
             }
         }
     }
-    register(&st, def).await
+    register(&st, &principal, def).await
 }
 
 pub async fn get(
     State(st): State<AppState>,
-    Auth(_): Auth,
+    Auth(principal): Auth,
     Path(workflow_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    match st.engine.store().get_workflow(&workflow_id).await? {
+    match st
+        .engine
+        .store()
+        .get_workflow(&principal.tenant, &workflow_id)
+        .await?
+    {
         Some(wf) => Ok(axum::Json(wf.definition).into_response()),
         None => Err(ApiError::not_found(format!(
             "workflow '{workflow_id}' not found"
@@ -92,8 +110,8 @@ pub async fn get(
     }
 }
 
-pub async fn list(State(st): State<AppState>, Auth(_): Auth) -> Result<Response, ApiError> {
-    let all = st.engine.store().list_workflows().await?;
+pub async fn list(State(st): State<AppState>, Auth(principal): Auth) -> Result<Response, ApiError> {
+    let all = st.engine.store().list_workflows(&principal.tenant).await?;
     Ok(
         axum::Json(json!({"workflows": all.iter().map(summary).collect::<Vec<_>>()}))
             .into_response(),

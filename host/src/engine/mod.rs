@@ -126,20 +126,23 @@ impl Engine {
         dag::build(def, &self.registry)
     }
 
-    /// Validate and store a definition (new version of `def.id`).
+    /// Validate and store a definition (new version of `def.id` for `tenant`;
+    /// [`crate::store::SHARED_TENANT`] for the operator's definitions).
     pub async fn register_workflow(
         &self,
+        tenant: &str,
         def: Value,
         source: &str,
     ) -> Result<StoredWorkflow, EngineError> {
         let graph = self.validate(&def).map_err(EngineError::Invalid)?;
         let digest = sha256_hex(canonical_json(&def).as_bytes());
         let now = ts(Utc::now());
-        let created_at = match self.store.get_workflow(&graph.id).await? {
-            Some(existing) => existing.created_at,
-            None => now.clone(),
+        let created_at = match self.store.get_workflow(tenant, &graph.id).await? {
+            Some(existing) if existing.tenant_id == tenant => existing.created_at,
+            _ => now.clone(),
         };
         let wf = StoredWorkflow {
+            tenant_id: tenant.to_string(),
             id: graph.id.clone(),
             version: def
                 .get("version")
@@ -157,15 +160,16 @@ impl Engine {
         Ok(wf)
     }
 
-    /// Resolve the workflow and the run variables for a new run.
+    /// Resolve the workflow (as `tenant` sees it) and the run variables for a new run.
     pub async fn prepare_run(
         &self,
+        tenant: &str,
         workflow_id: &str,
         inputs: &Map<String, Value>,
     ) -> Result<PreparedRun, EngineError> {
         let wf = self
             .store
-            .get_workflow(workflow_id)
+            .get_workflow(tenant, workflow_id)
             .await?
             .ok_or_else(|| EngineError::WorkflowNotFound(workflow_id.to_string()))?;
         let graph = self.graph_for(&wf.digest).await.map_err(|e| {

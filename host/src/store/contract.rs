@@ -79,6 +79,7 @@ macro_rules! contract {
 
 contract!(
     workflows_are_pinned_by_digest,
+    workflows_are_scoped_to_tenants,
     events_are_gap_free_and_end_at_the_terminal_event,
     concurrent_appends_interleave_without_gaps,
     idempotency_claims_are_atomic,
@@ -90,6 +91,7 @@ contract!(
 
 fn wf(id: &str, digest: &str, version: &str) -> StoredWorkflow {
     StoredWorkflow {
+        tenant_id: "t".into(),
         id: id.into(),
         version: version.into(),
         digest: digest.into(),
@@ -133,7 +135,7 @@ async fn workflows_are_pinned_by_digest(store: Arc<dyn Store>) {
     store.put_workflow(&wf("wf", "d1", "1")).await.unwrap();
     store.put_workflow(&wf("wf", "d2", "2")).await.unwrap();
     store.put_workflow(&wf("a-first", "d3", "1")).await.unwrap();
-    let got = store.get_workflow("wf").await.unwrap().unwrap();
+    let got = store.get_workflow("t", "wf").await.unwrap().unwrap();
     assert_eq!((got.version.as_str(), got.digest.as_str()), ("2", "d2"));
     assert_eq!(got.created_at, "2026-01-01T00:00:00.000Z");
     // The document comes back as stored, key order included.
@@ -147,15 +149,57 @@ async fn workflows_are_pinned_by_digest(store: Arc<dyn Store>) {
         "the old version stays pinned"
     );
     assert!(store.get_definition("nope").await.unwrap().is_none());
-    assert!(store.get_workflow("nope").await.unwrap().is_none());
-    let ids: Vec<_> = store
-        .list_workflows()
+    assert!(store.get_workflow("t", "nope").await.unwrap().is_none());
+    let ids = |list: Vec<StoredWorkflow>| -> Vec<(String, String)> {
+        list.into_iter().map(|w| (w.tenant_id, w.id)).collect()
+    };
+    assert_eq!(
+        ids(store.list_workflows("t").await.unwrap()),
+        [("t".into(), "a-first".into()), ("t".into(), "wf".into())]
+    );
+}
+
+/// A tenant sees its own definitions and the shared ones; its own shadows a shared one of the
+/// same id; other tenants' definitions are invisible.
+async fn workflows_are_scoped_to_tenants(store: Arc<dyn Store>) {
+    let shared = |id: &str, digest: &str| StoredWorkflow {
+        tenant_id: SHARED_TENANT.into(),
+        ..wf(id, digest, "1")
+    };
+    store.put_workflow(&shared("common", "s1")).await.unwrap();
+    store.put_workflow(&shared("both", "s2")).await.unwrap();
+    store.put_workflow(&wf("both", "t1", "1")).await.unwrap();
+    store.put_workflow(&wf("mine", "t2", "1")).await.unwrap();
+    let other = StoredWorkflow {
+        tenant_id: "u".into(),
+        ..wf("theirs", "u1", "1")
+    };
+    store.put_workflow(&other).await.unwrap();
+
+    let digest = |w: Option<StoredWorkflow>| w.map(|w| w.digest);
+    assert_eq!(
+        digest(store.get_workflow("t", "both").await.unwrap()).as_deref(),
+        Some("t1")
+    );
+    assert_eq!(
+        digest(store.get_workflow("u", "both").await.unwrap()).as_deref(),
+        Some("s2")
+    );
+    assert_eq!(
+        digest(store.get_workflow("u", "common").await.unwrap()).as_deref(),
+        Some("s1")
+    );
+    assert!(store.get_workflow("t", "theirs").await.unwrap().is_none());
+    assert!(store.get_workflow("u", "mine").await.unwrap().is_none());
+    let seen: Vec<(String, String)> = store
+        .list_workflows("t")
         .await
         .unwrap()
         .into_iter()
-        .map(|w| w.id)
+        .map(|w| (w.id, w.digest))
         .collect();
-    assert_eq!(ids, ["a-first", "wf"]);
+    let want = [("both", "t1"), ("common", "s1"), ("mine", "t2")];
+    assert_eq!(seen, want.map(|(a, b)| (a.to_string(), b.to_string())));
 }
 
 async fn events_are_gap_free_and_end_at_the_terminal_event(store: Arc<dyn Store>) {

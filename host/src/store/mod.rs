@@ -72,9 +72,15 @@ impl From<serde_json::Error> for StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// The tenant of operator-provided workflow definitions (`--workflows`, `--fixtures`): every
+/// tenant sees them, and a tenant's own definition of the same id takes precedence for it.
+pub const SHARED_TENANT: &str = "";
+
 /// A registered workflow definition (already validated by the engine).
 #[derive(Debug, Clone)]
 pub struct StoredWorkflow {
+    /// Owning tenant; [`SHARED_TENANT`] for the operator's definitions, visible to all.
+    pub tenant_id: String,
     pub id: String,
     pub version: String,
     /// sha256 of the canonical definition JSON; runs pin this.
@@ -264,8 +270,10 @@ pub trait Store:
     webhooks::WebhookStore + audit::AuditStore + packs::PackStore + Send + Sync + 'static
 {
     async fn put_workflow(&self, wf: &StoredWorkflow) -> StoreResult<()>;
-    async fn get_workflow(&self, id: &str) -> StoreResult<Option<StoredWorkflow>>;
-    async fn list_workflows(&self) -> StoreResult<Vec<StoredWorkflow>>;
+    /// `id` as `tenant` sees it: its own definition, else the shared one.
+    async fn get_workflow(&self, tenant: &str, id: &str) -> StoreResult<Option<StoredWorkflow>>;
+    /// Every definition `tenant` sees (its own, and the shared ones it does not shadow), by id.
+    async fn list_workflows(&self, tenant: &str) -> StoreResult<Vec<StoredWorkflow>>;
     /// A pinned definition by digest (what a run executes).
     async fn get_definition(&self, digest: &str) -> StoreResult<Option<Value>>;
 

@@ -82,8 +82,21 @@ pub(crate) fn event<R: Cols>(r: &R) -> StoreResult<EventRecord> {
     })
 }
 
+/// Rows ordered by id with a tenant's own definition before the shared one: keep the first
+/// per id (the tenant's own shadows the shared one).
+pub(crate) fn visible_workflows(rows: Vec<StoredWorkflow>) -> Vec<StoredWorkflow> {
+    let mut out: Vec<StoredWorkflow> = Vec::with_capacity(rows.len());
+    for wf in rows {
+        if out.last().map(|l| l.id != wf.id).unwrap_or(true) {
+            out.push(wf);
+        }
+    }
+    out
+}
+
 pub(crate) fn workflow<R: Cols>(r: &R) -> StoreResult<StoredWorkflow> {
     Ok(StoredWorkflow {
+        tenant_id: r.text("tenant_id")?,
         id: r.text("id")?,
         version: r.text("version")?,
         digest: r.text("digest")?,

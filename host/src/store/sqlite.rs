@@ -242,7 +242,7 @@ impl SqliteStore {
 }
 
 const WORKFLOW_COLS: &str =
-    "w.id, w.version, w.digest, w.source, w.created_at, w.updated_at, v.definition";
+    "w.tenant_id, w.id, w.version, w.digest, w.source, w.created_at, w.updated_at, v.definition";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -258,10 +258,11 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO workflows (id, version, digest, source, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)
-             ON CONFLICT(id) DO UPDATE SET version = excluded.version, digest = excluded.digest,
+            "INSERT INTO workflows (tenant_id, id, version, digest, source, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT(tenant_id, id) DO UPDATE SET version = excluded.version, digest = excluded.digest,
                source = excluded.source, updated_at = excluded.updated_at",
         )
+        .bind(&wf.tenant_id)
         .bind(&wf.id)
         .bind(&wf.version)
         .bind(&wf.digest)
@@ -274,23 +275,31 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn get_workflow(&self, id: &str) -> StoreResult<Option<StoredWorkflow>> {
+    async fn get_workflow(&self, tenant: &str, id: &str) -> StoreResult<Option<StoredWorkflow>> {
         let row = sqlx::query(&format!(
-            "SELECT {WORKFLOW_COLS} FROM workflows w JOIN workflow_versions v ON v.digest = w.digest WHERE w.id = ?"
+            "SELECT {WORKFLOW_COLS} FROM workflows w JOIN workflow_versions v ON v.digest = w.digest WHERE w.id = ? AND w.tenant_id IN (?, '')
+             ORDER BY w.tenant_id = '' LIMIT 1"
         ))
         .bind(id)
+        .bind(tenant)
         .fetch_optional(&self.reader)
         .await?;
         row.as_ref().map(rows::workflow).transpose()
     }
 
-    async fn list_workflows(&self) -> StoreResult<Vec<StoredWorkflow>> {
+    async fn list_workflows(&self, tenant: &str) -> StoreResult<Vec<StoredWorkflow>> {
         let rows = sqlx::query(&format!(
-            "SELECT {WORKFLOW_COLS} FROM workflows w JOIN workflow_versions v ON v.digest = w.digest ORDER BY w.id"
+            "SELECT {WORKFLOW_COLS} FROM workflows w JOIN workflow_versions v ON v.digest = w.digest
+             WHERE w.tenant_id IN (?, '') ORDER BY w.id, w.tenant_id = ''"
         ))
+        .bind(tenant)
         .fetch_all(&self.reader)
         .await?;
-        rows.iter().map(rows::workflow).collect()
+        let all = rows
+            .iter()
+            .map(rows::workflow)
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(rows::visible_workflows(all))
     }
 
     async fn get_definition(&self, digest: &str) -> StoreResult<Option<Value>> {
