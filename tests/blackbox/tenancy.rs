@@ -9,9 +9,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::harness::*;
-use crate::scopes::{
-    call, config_path, create_run_as, host_with_config, host_with_config_and, mint,
-};
+use crate::scopes::{call, config_path, create_run_as, host_with_config_and, mint};
+
+const NOOP: &str = "/v1/workflows/conformance-noop";
 
 /// A one-node workflow whose node is `node_type`.
 fn one_node(id: &str, node_type: &str) -> Value {
@@ -23,13 +23,26 @@ fn one_node(id: &str, node_type: &str) -> Value {
     )
 }
 
-#[tokio::test]
-async fn another_tenants_run_is_404_on_every_route() {
+/// `PUT /v1/workflows/{id}` with `key`: a one-node definition of `node_type`.
+async fn define(h: &Host, key: &str, id: &str, node_type: &str) -> (StatusCode, Value) {
+    let path = format!("/v1/workflows/{id}");
+    call(h, key, Method::PUT, &path, Some(one_node(id, node_type))).await
+}
+
+/// A host with keys holding `scopes` for the tenants `acme` and `globex` (the temp dir holding
+/// the config must outlive the host).
+async fn two_tenants(scopes: &[&str], extra: &[&str]) -> (tempfile::TempDir, Host, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let config = config_path(&dir);
-    let (_, acme) = mint(&config, "acme", &["*"]);
-    let (_, globex) = mint(&config, "globex", &["*"]);
-    let h = host_with_config(&config).await;
+    let (_, acme) = mint(&config, "acme", scopes);
+    let (_, globex) = mint(&config, "globex", scopes);
+    let h = host_with_config_and(&config, extra).await;
+    (dir, h, acme, globex)
+}
+
+#[tokio::test]
+async fn another_tenants_run_is_404_on_every_route() {
+    let (_dir, h, acme, globex) = two_tenants(&["*"], &[]).await;
 
     let run_id = create_run_as(&h, &acme, "conformance-cancellable").await;
     let run = format!("/v1/runs/{run_id}");
@@ -76,11 +89,8 @@ async fn another_tenants_run_is_404_on_every_route() {
 
 #[tokio::test]
 async fn idempotency_keys_and_webhooks_do_not_cross_tenants() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = config_path(&dir);
-    let (_, acme) = mint(&config, "acme", &["runs:*", "webhooks:manage"]);
-    let (_, globex) = mint(&config, "globex", &["runs:*", "webhooks:manage"]);
-    let h = host_with_config_and(&config, &["--webhook-allow-loopback"]).await;
+    let scopes = ["runs:*", "webhooks:manage"];
+    let (_dir, h, acme, globex) = two_tenants(&scopes, &["--webhook-allow-loopback"]).await;
 
     let mut run_ids = Vec::new();
     for key in [&acme, &globex] {
@@ -138,20 +148,9 @@ async fn idempotency_keys_and_webhooks_do_not_cross_tenants() {
 
 #[tokio::test]
 async fn workflows_belong_to_the_registering_tenant_and_fixtures_to_all() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = config_path(&dir);
-    let (_, acme) = mint(&config, "acme", &["*"]);
-    let (_, globex) = mint(&config, "globex", &["*"]);
-    let h = host_with_config(&config).await;
+    let (_dir, h, acme, globex) = two_tenants(&["*"], &[]).await;
 
-    let (status, body) = call(
-        &h,
-        &acme,
-        Method::POST,
-        "/v1/workflows",
-        Some(one_node("private-wf", "core.noop")),
-    )
-    .await;
+    let (status, body) = define(&h, &acme, "private-wf", "core.noop").await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["shared"], false);
 
@@ -175,14 +174,7 @@ async fn workflows_belong_to_the_registering_tenant_and_fixtures_to_all() {
 
     // globex registers its own definition under the same id: created (201), and each tenant
     // runs its own: the acme one completes, the globex one (a core.fail node) fails.
-    let (status, body) = call(
-        &h,
-        &globex,
-        Method::PUT,
-        "/v1/workflows/private-wf",
-        Some(one_node("private-wf", "core.fail")),
-    )
-    .await;
+    let (status, body) = define(&h, &globex, "private-wf", "core.fail").await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let acme_run = create_run_as(&h, &acme, "private-wf").await;
     let globex_run = create_run_as(&h, &globex, "private-wf").await;
@@ -194,42 +186,14 @@ async fn workflows_belong_to_the_registering_tenant_and_fixtures_to_all() {
     let snap = h2.wait_terminal(&globex_run, Duration::from_secs(20)).await;
     assert_eq!(snap["status"], "failed", "{snap}");
 
-    // Fixtures are shared: both tenants see and run them; a tenant's own definition of a
+    // Fixtures are shared: both tenants see them; a tenant's own definition of a
     // fixture id shadows it for that tenant only.
-    let (_, fixture) = call(
-        &h2,
-        &acme,
-        Method::GET,
-        "/v1/workflows/conformance-noop",
-        None,
-    )
-    .await;
+    let (_, fixture) = call(&h2, &acme, Method::GET, NOOP, None).await;
     assert_eq!(fixture["id"], "conformance-noop");
-    let (status, body) = call(
-        &h2,
-        &acme,
-        Method::PUT,
-        "/v1/workflows/conformance-noop",
-        Some(one_node("conformance-noop", "core.fail")),
-    )
-    .await;
+    let (status, body) = define(&h2, &acme, "conformance-noop", "core.fail").await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (_, mine) = call(
-        &h2,
-        &acme,
-        Method::GET,
-        "/v1/workflows/conformance-noop",
-        None,
-    )
-    .await;
+    let (_, mine) = call(&h2, &acme, Method::GET, NOOP, None).await;
     assert_eq!(mine["nodes"][0]["typeId"], "core.fail");
-    let (_, theirs) = call(
-        &h2,
-        &globex,
-        Method::GET,
-        "/v1/workflows/conformance-noop",
-        None,
-    )
-    .await;
+    let (_, theirs) = call(&h2, &globex, Method::GET, NOOP, None).await;
     assert_eq!(theirs, fixture, "globex still sees the operator's fixture");
 }
