@@ -8,7 +8,10 @@ cd "$(dirname "$0")/.."
 source scripts/pg.sh
 if [ -z "${WOPBOX_TEST_PG_URL:-}" ]; then
     trap pg_stop EXIT
-    pg_start
+    if ! pg_start; then
+        # Under CI the Postgres tests then fail (they never skip there); elsewhere they skip.
+        echo "scripts/test.sh: no PostgreSQL cluster; Postgres tests will skip (fail under CI=true)" >&2
+    fi
 fi
 # --no-fail-fast: one failing test binary must not hide the results of the others.
 cargo test --workspace --locked --no-fail-fast

@@ -284,3 +284,55 @@ async fn processes_share_streams_cancels_and_idempotency_keys() {
     assert_eq!(v["anomalies"], json!([]), "{v}");
     a.kill9();
 }
+
+/// Poll `path` on `h` until it answers `want`.
+async fn wait_for_status(h: &Host, path: &str, want: StatusCode) {
+    for _ in 0..400 {
+        if h.get(path).await.0 == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{path} never answered {want}");
+}
+
+#[tokio::test]
+async fn a_pack_uploaded_on_one_process_runs_on_another() {
+    let Some(db) = pg_database().await else {
+        return;
+    };
+    let mut a = Host::start_with(on(&db, None)).await;
+    let dir = a.data_dir.clone();
+    let _tmp = a.take_tmp();
+    let b = Host::start_with(on(&db, Some(dir))).await;
+    a.install_rfc0008(
+        "vendor.test.shared",
+        "1.0.0",
+        "vendor.test.shared.n",
+        "(call $ok)",
+    )
+    .await;
+    // B loads it from the database when A's upload is announced; no restart.
+    wait_for_status(&b, "/v1/packs/vendor.test.shared", StatusCode::OK).await;
+    b.register(workflow(
+        "shared-pack-wf",
+        json!([node("n", "vendor.test.shared.n", json!({}), json!({}))]),
+        json!([]),
+        json!([]),
+    ))
+    .await;
+    let run = b.create_run("shared-pack-wf", json!({})).await;
+    let snap = b.wait_terminal(&run, Duration::from_secs(30)).await;
+    assert_eq!(snap["status"], "completed", "{snap}");
+    // Deleting it on A removes it from B as well.
+    let (s, body) = read(
+        a.req(Method::DELETE, "/v1/packs/vendor.test.shared/-/1.0.0")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(s.is_success(), "{s} {body}");
+    wait_for_status(&b, "/v1/packs/vendor.test.shared", StatusCode::NOT_FOUND).await;
+    a.kill9();
+}

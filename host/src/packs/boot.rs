@@ -107,6 +107,10 @@ pub async fn attach(host: &mut Host, args: &PackArgs) -> anyhow::Result<Arc<Pack
     if let Some(dir) = &args.packs {
         service.install_dir(dir).await?;
     }
+    if let Some(cluster) = &host.cluster {
+        let sync: Arc<dyn crate::cluster::PackSync> = service.clone();
+        let _ = cluster.packs.set(sync);
+    }
     host.support_fixtures(WASM_FIXTURES);
     host.routers.push(crate::api::packs::router(
         service.clone(),

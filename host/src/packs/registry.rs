@@ -533,11 +533,18 @@ impl PackService {
             .delete_pack(tenant, name, version)
             .await
             .map_err(|e| PackError::Storage(e.to_string()))?;
+        self.unload(&key, version);
+        self.refresh_discovery();
+        Ok(())
+    }
+
+    /// Drop an active version and the node types only it provided.
+    fn unload(&self, key: &(String, String), version: &str) {
         if let Ok(mut st) = self.state.write() {
-            if let Some(v) = st.packs.get_mut(&key) {
+            if let Some(v) = st.packs.get_mut(key) {
                 v.retain(|p| p.record.version != version);
                 if v.is_empty() {
-                    st.packs.remove(&key);
+                    st.packs.remove(key);
                 }
             }
             let still = st.provided_type_ids();
@@ -551,8 +558,6 @@ impl PackService {
                 }
             }
         }
-        self.refresh_discovery();
-        Ok(())
     }
 
     /// Boot: reload every uploaded pack from the store. A pack that no longer
@@ -560,39 +565,88 @@ impl PackService {
     pub async fn reload_from_store(&self) -> anyhow::Result<usize> {
         let mut n = 0;
         for rec in self.store.list_packs().await? {
-            let Some(entry) = self.store.get_blob(&rec.entry_sha256).await? else {
-                tracing::error!(pack = %rec.name, version = %rec.version, "stored pack has no entry blob; skipped");
-                continue;
-            };
-            let manifest = match validate_manifest(&rec.manifest) {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::error!(pack = %rec.name, error = %e, "stored manifest no longer validates; skipped");
-                    continue;
-                }
-            };
-            let tenant = rec.tenant_id.clone();
-            match self
-                .prepare(
-                    &tenant,
-                    manifest,
-                    entry,
-                    rec.tarball_sha256.clone(),
-                    &rec.published_by,
-                )
-                .await
-            {
-                Ok(mut p) => {
-                    p.record.created_at = rec.created_at.clone();
-                    self.activate(p);
-                    n += 1;
-                }
-                Err(e) => {
-                    tracing::error!(pack = %rec.name, version = %rec.version, error = %e, "stored pack failed to load; skipped")
-                }
+            if self.load_stored(rec).await? {
+                n += 1;
             }
         }
         Ok(n)
+    }
+
+    /// Another process sharing the store installed or deleted packs: load the stored versions
+    /// this process lacks and drop uploaded versions that are no longer stored. (Operator packs
+    /// from `--packs` are per process and never stored.)
+    pub async fn sync_from_store(&self) -> anyhow::Result<()> {
+        let _guard = self.install_lock.lock().await;
+        let stored = self.store.list_packs().await?;
+        let want: std::collections::HashSet<(String, String, String)> = stored
+            .iter()
+            .map(|r| (r.tenant_id.clone(), r.name.clone(), r.version.clone()))
+            .collect();
+        let have: Vec<(String, String, String)> = self
+            .state
+            .read()
+            .map(|st| {
+                st.packs
+                    .values()
+                    .flatten()
+                    .map(|p| {
+                        let r = &p.record;
+                        (r.tenant_id.clone(), r.name.clone(), r.version.clone())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (tenant, name, version) in &have {
+            if tenant != HOST_TENANT
+                && !want.contains(&(tenant.clone(), name.clone(), version.clone()))
+            {
+                self.unload(&(tenant.clone(), name.clone()), version);
+            }
+        }
+        for rec in stored {
+            let key = (rec.tenant_id.clone(), rec.name.clone(), rec.version.clone());
+            if !have.contains(&key) {
+                self.load_stored(rec).await?;
+            }
+        }
+        self.refresh_discovery();
+        Ok(())
+    }
+
+    /// Load one stored pack; false (logged) when it no longer loads.
+    async fn load_stored(&self, rec: PackRecord) -> anyhow::Result<bool> {
+        let Some(entry) = self.store.get_blob(&rec.entry_sha256).await? else {
+            tracing::error!(pack = %rec.name, version = %rec.version, "stored pack has no entry blob; skipped");
+            return Ok(false);
+        };
+        let manifest = match validate_manifest(&rec.manifest) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(pack = %rec.name, error = %e, "stored manifest no longer validates; skipped");
+                return Ok(false);
+            }
+        };
+        let tenant = rec.tenant_id.clone();
+        match self
+            .prepare(
+                &tenant,
+                manifest,
+                entry,
+                rec.tarball_sha256.clone(),
+                &rec.published_by,
+            )
+            .await
+        {
+            Ok(mut p) => {
+                p.record.created_at = rec.created_at.clone();
+                self.activate(p);
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::error!(pack = %rec.name, version = %rec.version, error = %e, "stored pack failed to load; skipped");
+                Ok(false)
+            }
+        }
     }
 
     /// Boot: install every pack directory under `dir` (each holding a
@@ -701,5 +755,14 @@ impl PackService {
             }
         }
         m
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::cluster::PackSync for PackService {
+    async fn sync_from_store(&self) {
+        if let Err(e) = PackService::sync_from_store(self).await {
+            tracing::warn!(error = %e, "could not sync packs installed by another process");
+        }
     }
 }
