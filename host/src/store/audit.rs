@@ -42,6 +42,33 @@ pub struct Checkpoint {
     pub created_at: String,
 }
 
+impl NewAuditEntry {
+    /// The entry appended after `head` (its seq and hash; `None` for an empty log), with its
+    /// own hash computed by `hash`.
+    pub(crate) fn chained(
+        self,
+        head: Option<(i64, String)>,
+        hash: for<'h> fn(&'h AuditEntry) -> String,
+    ) -> AuditEntry {
+        let (seq, prev_hash) = match head {
+            Some((s, h)) => (s + 1, Some(h)),
+            None => (1, None),
+        };
+        let mut entry = AuditEntry {
+            seq,
+            occurred_at: self.occurred_at,
+            actor: self.actor,
+            action: self.action,
+            target: self.target,
+            details: self.details,
+            prev_hash,
+            entry_hash: String::new(),
+        };
+        entry.entry_hash = hash(&entry);
+        entry
+    }
+}
+
 #[async_trait]
 pub trait AuditStore: Send + Sync {
     /// Append one entry at the head of the chain: the store assigns `seq`, links `prev_hash` to

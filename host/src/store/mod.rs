@@ -182,6 +182,19 @@ impl NewEvent {
         self.causation_id = event_id.map(str::to_string);
         self
     }
+    /// The record this event becomes once committed at `sequence`.
+    pub(crate) fn committed(self, run_id: &str, sequence: i64) -> EventRecord {
+        EventRecord {
+            run_id: run_id.to_string(),
+            sequence,
+            event_id: self.event_id,
+            event_type: self.event_type,
+            node_id: self.node_id,
+            causation_id: self.causation_id,
+            payload: self.payload,
+            timestamp: self.timestamp,
+        }
+    }
 }
 
 /// A committed event (RunEventDoc).

@@ -306,16 +306,7 @@ impl Store for PgStore {
             .bind(&ev.timestamp)
             .execute(&mut *tx)
             .await?;
-            out.push(EventRecord {
-                run_id: run_id.to_string(),
-                sequence: seq,
-                event_id: ev.event_id,
-                event_type: ev.event_type,
-                node_id: ev.node_id,
-                causation_id: ev.causation_id,
-                payload: ev.payload,
-                timestamp: ev.timestamp,
-            });
+            out.push(ev.committed(run_id, seq));
             seq += 1;
         }
         let u = update.unwrap_or_default();

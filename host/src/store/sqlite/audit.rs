@@ -19,21 +19,7 @@ impl AuditStore for SqliteStore {
             sqlx::query_as("SELECT seq, entry_hash FROM audit_log ORDER BY seq DESC LIMIT 1")
                 .fetch_optional(&mut *tx)
                 .await?;
-        let (seq, prev_hash) = match head {
-            Some((s, h)) => (s + 1, Some(h)),
-            None => (1, None),
-        };
-        let mut entry = AuditEntry {
-            seq,
-            occurred_at: e.occurred_at,
-            actor: e.actor,
-            action: e.action,
-            target: e.target,
-            details: e.details,
-            prev_hash,
-            entry_hash: String::new(),
-        };
-        entry.entry_hash = hash(&entry);
+        let entry = e.chained(head, hash);
         sqlx::query(
             "INSERT INTO audit_log (seq, occurred_at, actor, action, target, details, prev_hash, entry_hash)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
