@@ -336,3 +336,65 @@ async fn a_pack_uploaded_on_one_process_runs_on_another() {
     wait_for_status(&b, "/v1/packs/vendor.test.shared", StatusCode::NOT_FOUND).await;
     a.kill9();
 }
+
+#[tokio::test]
+async fn two_processes_send_each_webhook_attempt_once() {
+    use crate::webhooks::Receiver;
+    let Some(db) = pg_database().await else {
+        return;
+    };
+    let hooks = |dir| {
+        let mut o = on(&db, dir);
+        o.extra_args.extend(
+            ["--webhook-allow-loopback", "--webhook-retry-base-ms", "50"]
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        o
+    };
+    let mut a = Host::start_with(hooks(None)).await;
+    let dir = a.data_dir.clone();
+    let _tmp = a.take_tmp();
+    let b = Host::start_with(hooks(Some(dir))).await;
+    // The first 10 attempts fail, every later one succeeds.
+    let rx = Receiver::start(&[500; 10], 204, Duration::ZERO).await;
+    // Registered on B; the runs are executed (and fanned out) by A, and both processes drain
+    // the one outbox.
+    let (s, body) = b
+        .post(
+            "/v1/webhooks",
+            json!({"url": rx.url(), "events": ["run.completed"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let mut runs = Vec::new();
+    for _ in 0..10 {
+        runs.push(a.create_run("conformance-noop", json!({})).await);
+    }
+    let hits = rx
+        .wait_for("20 attempts", Duration::from_secs(30), |h| h.len() >= 20)
+        .await;
+    // Settle: a duplicated attempt would show up as extra hits.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let hits = if rx.hits().len() > hits.len() {
+        rx.hits()
+    } else {
+        hits
+    };
+    assert_eq!(
+        hits.len(),
+        20,
+        "10 failed attempts + 10 successes, nothing sent twice"
+    );
+    let mut delivered: Vec<String> = hits[10..]
+        .iter()
+        .map(|h| h.json()["runId"].as_str().unwrap().to_string())
+        .collect();
+    delivered.sort();
+    runs.sort();
+    assert_eq!(
+        delivered, runs,
+        "each run's completion delivered exactly once"
+    );
+    a.kill9();
+}

@@ -176,9 +176,25 @@ impl WebhookService {
     }
 
     /// Re-read the active subscriptions (another process sharing the store changed them).
+    /// Events this process committed between the registration and this reload are fanned out
+    /// to the new subscriptions too (backlog since the oldest new one).
     pub async fn reload_subscriptions(&self) -> StoreResult<()> {
         let active = self.store.list_active_subscriptions().await?;
-        *self.subs.write().unwrap_or_else(|e| e.into_inner()) = active;
+        let since = {
+            let mut subs = self.subs.write().unwrap_or_else(|e| e.into_inner());
+            let since = active
+                .iter()
+                .filter(|a| !subs.iter().any(|s| s.webhook_id == a.webhook_id))
+                .map(|a| a.created_at.clone())
+                .min();
+            *subs = active;
+            since
+        };
+        if let Some(since) = since {
+            for run_id in self.store.fanout_backlog(&since).await? {
+                self.queue(&run_id);
+            }
+        }
         self.wake.notify_one();
         Ok(())
     }
