@@ -111,6 +111,18 @@ pub struct BenchArgs {
     /// Extra arguments passed to the spawned `wopbox serve` (repeatable, e.g. `--serve-arg=--sandbox-concurrency=4`).
     #[arg(long = "serve-arg", allow_hyphen_values = true)]
     pub serve_args: Vec<String>,
+    /// Load scenario on PostgreSQL: admin URL of a server (e.g. `WOPBOX_TEST_PG_URL` from
+    /// `scripts/pg.sh`); each spawned host set gets a fresh database on it. Default: SQLite.
+    #[arg(long, env = "WOPBOX_BENCH_PG_URL")]
+    pub database: Option<String>,
+    /// Load scenario: wopbox processes sharing the database (needs --database when > 1). Each
+    /// worker is pinned to one process (a sticky load balancer) unless --cross-process-wait.
+    #[arg(long, default_value_t = 1)]
+    pub processes: usize,
+    /// Load scenario with several processes: wait for each run's terminal event on another
+    /// process than the one that accepted it (events cross processes via LISTEN/NOTIFY).
+    #[arg(long)]
+    pub cross_process_wait: bool,
     /// Memory scenario: runs parked on `core.delay`.
     #[arg(long, default_value_t = 1000)]
     pub parked: usize,
@@ -154,10 +166,21 @@ struct Target {
 
 impl Target {
     async fn spawn(args: &BenchArgs) -> Result<Target> {
-        let exe = std::env::current_exe().map_err(BenchError::Spawn)?;
         let dir = std::env::temp_dir().join(format!("wopbox-bench-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).map_err(BenchError::Spawn)?;
         let key = format!("bench-{}", uuid::Uuid::new_v4().simple());
+        Target::spawn_on(args, None, &key, dir).await
+    }
+
+    /// Spawn `wopbox serve` with `key`, data dir `dir`, and optionally `--database db`.
+    async fn spawn_on(
+        args: &BenchArgs,
+        db: Option<&str>,
+        key: &str,
+        dir: PathBuf,
+    ) -> Result<Target> {
+        let exe = std::env::current_exe().map_err(BenchError::Spawn)?;
+        let key = key.to_string();
         let mut cmd = Command::new(exe);
         cmd.arg("serve")
             .args(["--listen", "127.0.0.1:0", "--api-key", &key])
@@ -165,6 +188,10 @@ impl Target {
             .arg(&dir)
             .arg("--packs")
             .arg(&args.packs)
+            .args(
+                db.map(|d| vec!["--database".to_string(), d.to_string()])
+                    .unwrap_or_default(),
+            )
             .args(&args.serve_args)
             .env(
                 "RUST_LOG",
@@ -462,12 +489,40 @@ async fn closed_loop(
     duration: Duration,
     mode: WaitMode,
 ) -> (LoopStats, Duration) {
+    closed_loop_on(
+        vec![t],
+        false,
+        workflow,
+        inputs,
+        concurrency,
+        warmup,
+        duration,
+        mode,
+    )
+    .await
+}
+
+/// [`closed_loop`] over several processes of one host: worker `i` creates its runs on
+/// `targets[i % n]` and waits on the same process, or on the next one with `cross`.
+#[allow(clippy::too_many_arguments)]
+async fn closed_loop_on(
+    targets: Vec<Arc<Target>>,
+    cross: bool,
+    workflow: String,
+    inputs: Value,
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+    mode: WaitMode,
+) -> (LoopStats, Duration) {
     let start = Instant::now();
     let window_start = start + warmup;
     let window_end = window_start + duration;
     let mut tasks = Vec::with_capacity(concurrency);
-    for _ in 0..concurrency {
-        let t = t.clone();
+    let n = targets.len().max(1);
+    for i in 0..concurrency {
+        let t = targets[i % n].clone();
+        let w = targets[(i + usize::from(cross)) % n].clone();
         let workflow = workflow.clone();
         let inputs = inputs.clone();
         tasks.push(tokio::spawn(async move {
@@ -475,7 +530,7 @@ async fn closed_loop(
             while Instant::now() < window_end {
                 let began = Instant::now();
                 let r = match t.create_run(&workflow, &inputs).await {
-                    Ok(id) => t.wait_terminal(&id, mode).await,
+                    Ok(id) => w.wait_terminal(&id, mode).await,
                     Err(e) => Err(e),
                 };
                 let done = Instant::now();
@@ -607,23 +662,30 @@ async fn load(args: &BenchArgs) -> anyhow::Result<Vec<Value>> {
     } else {
         args.workflows.clone()
     };
+    if args.processes > 1 && (args.database.is_none() || args.url.is_some()) {
+        anyhow::bail!(
+            "--processes > 1 needs --database (processes share one Postgres) and no --url"
+        );
+    }
     let mut out = Vec::new();
     for wf in workflows {
-        // A fresh host (and data dir) per workflow, so one run does not inherit the other's rows.
-        let target = match &args.url {
-            Some(u) => Target::remote(u, args.api_key.clone()),
-            None => {
-                let t = Target::spawn(args).await?;
-                register_defaults(&t).await?;
-                t
-            }
+        // A fresh host (data dir, database) per workflow, so one run does not inherit the
+        // other's rows.
+        let targets = match &args.url {
+            Some(u) => vec![Target::remote(u, args.api_key.clone())],
+            None => spawn_set(args).await?,
         };
-        let pid = target.pid();
-        let target = Arc::new(target);
-        let (host0, self0) = (cpu_secs(pid), cpu_secs(None));
+        let pids: Vec<Option<u32>> = targets.iter().map(Target::pid).collect();
+        let spawned = pids.iter().all(Option::is_some);
+        let host_cpu = |pids: &[Option<u32>]| -> Option<f64> {
+            pids.iter().map(|p| cpu_secs(*p)).sum::<Option<f64>>()
+        };
+        let targets: Vec<Arc<Target>> = targets.into_iter().map(Arc::new).collect();
+        let (host0, self0) = (host_cpu(&pids), cpu_secs(None));
         let wall = Instant::now();
-        let (stats, window) = closed_loop(
-            target.clone(),
+        let (stats, window) = closed_loop_on(
+            targets.clone(),
+            args.cross_process_wait,
             wf.clone(),
             inputs.clone(),
             args.concurrency,
@@ -640,22 +702,47 @@ async fn load(args: &BenchArgs) -> anyhow::Result<Vec<Value>> {
         let mut v = json!({
             "scenario": "load",
             "host": args.url.clone().unwrap_or_else(|| "wopbox (spawned, release)".into()),
+            "store": if args.url.is_some() { Value::Null } else if args.database.is_some() { json!("postgres") } else { json!("sqlite") },
+            "processes": targets.len(),
+            "cross_process_wait": args.cross_process_wait && targets.len() > 1,
             "workflow": wf,
             "concurrency": args.concurrency,
             "wait": format!("{:?}", args.wait).to_lowercase(),
             "window_s": window.as_secs_f64(),
-            // Only known for a spawned host (its pid); `null` for --url.
-            "host_cpu_cores": if pid.is_some() { cpu(host0, cpu_secs(pid)) } else { Value::Null },
+            // Only known for spawned hosts (their pids, summed); `null` for --url.
+            "host_cpu_cores": if spawned { cpu(host0, host_cpu(&pids)) } else { Value::Null },
             "bench_cpu_cores": cpu(self0, cpu_secs(None)),
             "machine": machine(),
         });
         merge(&mut v, stats_json(stats, window));
         out.push(v);
-        if let Ok(t) = Arc::try_unwrap(target) {
-            t.shutdown().await;
+        for t in targets {
+            if let Ok(t) = Arc::try_unwrap(t) {
+                t.shutdown().await;
+            }
         }
     }
     Ok(out)
+}
+
+/// `--processes` hosts sharing one key, data dir and (with --database) a fresh database;
+/// the default workflows are registered through the first.
+async fn spawn_set(args: &BenchArgs) -> anyhow::Result<Vec<Target>> {
+    let Some(admin) = &args.database else {
+        let t = Target::spawn(args).await?;
+        register_defaults(&t).await?;
+        return Ok(vec![t]);
+    };
+    let db = crate::store::postgres::scratch_database(admin).await?;
+    let dir = std::env::temp_dir().join(format!("wopbox-bench-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir)?;
+    let key = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    let mut targets = Vec::new();
+    for _ in 0..args.processes.max(1) {
+        targets.push(Target::spawn_on(args, Some(&db), &key, dir.clone()).await?);
+    }
+    register_defaults(&targets[0]).await?;
+    Ok(targets)
 }
 
 fn merge(into: &mut Value, from: Value) {
