@@ -64,6 +64,9 @@ pub struct ServeArgs {
     /// Packs, grants policy and sandbox limits.
     #[command(flatten)]
     pub packs: crate::packs::PackArgs,
+    /// Interrupt token lifetime.
+    #[command(flatten)]
+    pub interrupts: crate::interrupts::config::InterruptArgs,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +84,7 @@ pub struct Config {
     pub webhooks: crate::webhooks::config::WebhookArgs,
     pub audit: crate::audit::config::AuditArgs,
     pub packs: crate::packs::PackArgs,
+    pub interrupts: crate::interrupts::config::InterruptArgs,
 }
 
 pub const KEY_FILE: &str = "api-key";
@@ -131,6 +135,7 @@ impl Config {
             webhooks: args.webhooks,
             audit: args.audit,
             packs: args.packs,
+            interrupts: args.interrupts,
         })
     }
 }

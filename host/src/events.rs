@@ -57,11 +57,17 @@ impl EventLog {
         update: Option<RunUpdate>,
     ) -> StoreResult<Vec<EventRecord>> {
         let records = self.store.append_events(run_id, events, update).await?;
-        self.publish(run_id, &records);
-        for sink in self.sinks.read().unwrap().iter() {
-            sink.committed(run_id, &records);
-        }
+        self.announce(run_id, &records);
         Ok(records)
+    }
+
+    /// Publish records another store transaction already committed (e.g. an interrupt
+    /// resolution, which writes its row and its events together) to subscribers and sinks.
+    pub fn announce(&self, run_id: &str, records: &[EventRecord]) {
+        self.publish(run_id, records);
+        for sink in self.sinks.read().unwrap().iter() {
+            sink.committed(run_id, records);
+        }
     }
 
     fn publish(&self, run_id: &str, records: &[EventRecord]) {

@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod events;
+pub mod interrupts;
 pub mod keys;
 pub mod ops;
 pub mod packs;
@@ -91,9 +92,16 @@ impl Host {
         let events = Arc::new(EventLog::new(store.clone()));
         let registry = Arc::new(NodeRegistry::new());
         engine::nodes::register_core(&registry);
-        let engine = Engine::new(store.clone(), events.clone(), registry.clone());
-        let discovery = Arc::new(Discovery::new(config.max_body_bytes));
         let audit = audit::AuditLog::new(store.clone(), &config.data_dir, config.audit.clone())?;
+        let interrupts = interrupts::Interrupts::new(
+            store.clone(),
+            events.clone(),
+            interrupts::token::TokenKeys::load_or_generate(&config.data_dir)?,
+            &config.interrupts,
+            Some(audit.clone()),
+        );
+        let engine = Engine::new(store.clone(), events.clone(), registry.clone(), interrupts);
+        let discovery = Arc::new(Discovery::new(config.max_body_bytes));
         let webhooks = webhooks::WebhookService::new(
             store.clone(),
             config.webhooks.clone(),
@@ -115,6 +123,7 @@ impl Host {
         let routers = vec![
             api::webhooks::router(webhooks.clone()),
             api::audit::router(audit.clone()),
+            api::interrupts::router(),
         ];
         let ops = ops::Ops::new(store.clone());
         Ok(Host {
@@ -130,7 +139,11 @@ impl Host {
             webhooks,
             cluster,
             routers,
-            supported_fixtures: CORE_FIXTURES.iter().map(|s| s.to_string()).collect(),
+            supported_fixtures: CORE_FIXTURES
+                .iter()
+                .chain(interrupts::FIXTURES.iter())
+                .map(|s| s.to_string())
+                .collect(),
         })
     }
 

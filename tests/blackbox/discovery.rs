@@ -42,12 +42,16 @@ async fn well_known_is_public_and_complete() {
         .unwrap()
         .iter()
         .any(|t| t == "rest"));
-    // Interrupts are not implemented yet, so the interrupts claim must not be made.
-    assert!(!doc["supportedEnvelopes"]
+    // openwop-interrupts: clarification.request is served by core.clarificationGate.
+    assert!(doc["supportedEnvelopes"]
         .as_array()
         .unwrap()
         .iter()
         .any(|e| e == "clarification.request"));
+    assert_eq!(
+        doc["extensions"]["interrupts"]["signedCallbackTokens"],
+        true
+    );
     assert!(doc["limits"]["maxRequestBodyBytes"].as_u64().unwrap() > 0);
 
     // Fixtures: unique, non-empty, and exactly the ones that run here.
@@ -67,12 +71,21 @@ async fn well_known_is_public_and_complete() {
             "fixture {f} must be advertised: {fixtures:?}"
         );
     }
-    // Unimplemented node types (interrupts) or semantics (recursion limit, run-duration cap,
-    // agents, sub-workflows) must not be advertised, even when the node types are all core.*.
     for f in [
         "conformance-approval",
         "conformance-clarification",
         "conformance-interrupt-external-event",
+    ] {
+        assert!(
+            fixtures.contains(&f.to_string()),
+            "interrupt fixture {f}: {fixtures:?}"
+        );
+    }
+    // Unimplemented semantics (quorum, recursion limit, run-duration cap, agents,
+    // sub-workflows) must not be advertised, even when the node types are all core.*.
+    for f in [
+        "conformance-interrupt-quorum",
+        "conformance-interrupt-auth-required",
         "conformance-cap-breach",
         "conformance-run-duration-breach",
         "conformance-subworkflow-parent",
@@ -94,7 +107,16 @@ async fn well_known_is_public_and_complete() {
         for n in def["nodes"].as_array().unwrap() {
             let t = n["typeId"].as_str().unwrap();
             assert!(
-                ["core.noop", "core.fail", "core.delay", "core.identity"].contains(&t),
+                [
+                    "core.noop",
+                    "core.fail",
+                    "core.delay",
+                    "core.identity",
+                    "core.approvalGate",
+                    "core.clarificationGate",
+                    "core.interrupt"
+                ]
+                .contains(&t),
                 "{f} uses {t}"
             );
         }

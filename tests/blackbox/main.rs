@@ -11,6 +11,7 @@ mod errors;
 mod events;
 mod idempotency;
 mod interop;
+mod interrupts;
 mod ops;
 mod packs;
 mod postgres;

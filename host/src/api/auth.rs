@@ -221,6 +221,8 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// Routes that need no credential.
 pub fn is_public(path: &str) -> bool {
     matches!(path, "/.well-known/openwop" | "/v1/openapi.json")
+        // Signed interrupt tokens are their own credential (interrupt.md); a bearer is ignored.
+        || path.starts_with("/v1/interrupts/")
 }
 
 /// Authenticates every non-public request (401 precedes any 404/405), then checks the scope

@@ -38,13 +38,17 @@ impl Discovery {
             json!({"name": "wopbox", "version": env!("CARGO_PKG_VERSION"), "vendor": "wopbox"}),
             false,
         );
-        // No envelope kinds yet: `clarification.request` arrives with interrupts.
-        d.set_block("supportedEnvelopes", json!([]), false);
-        d.set_block("schemaVersions", json!({}), false);
+        // `clarification.request` is served by `core.clarificationGate` (one round per gate).
+        d.set_block(
+            "supportedEnvelopes",
+            json!(["clarification.request"]),
+            false,
+        );
+        d.set_block("schemaVersions", json!({"clarification.request": 1}), false);
         d.set_block(
             "limits",
             json!({
-                "clarificationRounds": 0,
+                "clarificationRounds": 1,
                 "schemaRounds": 0,
                 "envelopesPerTurn": 0,
                 "maxRequestBodyBytes": max_body_bytes,
@@ -54,7 +58,11 @@ impl Discovery {
         d.set_block("supportedTransports", json!(["rest"]), false);
         d.set_block(
             "extensions",
-            json!({"x-host-wopbox": {"workflowRegistration": {"create": "POST /v1/workflows", "put": "PUT /v1/workflows/{workflowId}"}}}),
+            json!({
+                "x-host-wopbox": {"workflowRegistration": {"create": "POST /v1/workflows", "put": "PUT /v1/workflows/{workflowId}"}},
+                // Profiles are added by `set_extension` once they are implemented and tested.
+                "interrupts": {"profiles": [], "signedCallbackTokens": true, "tokenIntents": ["resolve", "inspect"]},
+            }),
             false,
         );
         d
@@ -161,6 +169,14 @@ pub async fn openapi() -> Response {
                 {"name": "lastSequence", "in": "query", "schema": {"type": "integer", "minimum": -1}}], "responses": {"200": {"description": "Events page"}, "400": err, "404": err}}},
             "/v1/workflows": {"get": {"summary": "List workflows", "responses": {"200": {"description": "Workflows"}}},
                               "post": {"summary": "Register a workflow definition (host extension)", "responses": {"201": {"description": "Registered"}, "400": err}}},
+            "/v1/runs/{runId}/interrupts/{nodeId}": {"post": {"summary": "Resolve the interrupt a node is parked on", "parameters": [run_id,
+                {"name": "nodeId", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "Resolved; the run resumes"}, "400": err, "404": err, "409": err, "410": err, "422": err}}},
+            "/v1/interrupts/{token}": {
+                "get": {"summary": "Inspect a pending interrupt (signed token, no bearer)", "security": [], "parameters": [{"name": "token", "in": "path", "required": true, "schema": {"type": "string"}}],
+                        "responses": {"200": {"description": "Interrupt"}, "400": err, "404": err, "409": err, "410": err}},
+                "post": {"summary": "Resolve an interrupt (signed token, no bearer)", "security": [], "parameters": [{"name": "token", "in": "path", "required": true, "schema": {"type": "string"}}],
+                         "responses": {"200": {"description": "Resolved"}, "400": err, "403": err, "404": err, "409": err, "410": err, "422": err}}},
             "/v1/x-wopbox/execute": crate::packs::remote::openapi_path(&err),
             "/v1/workflows/{workflowId}": {"get": {"summary": "Workflow definition", "parameters": [wf_id], "responses": {"200": {"description": "WorkflowDefinition"}, "404": err}},
                                            "put": {"summary": "Register/replace a workflow definition (host extension)", "parameters": [wf_id], "responses": {"200": {"description": "Registered"}, "400": err}}}

@@ -8,6 +8,7 @@ pub mod discovery;
 pub mod error;
 pub mod events;
 pub mod execute;
+pub mod interrupts;
 pub mod packs;
 pub mod runs;
 pub mod scopes;

@@ -212,7 +212,16 @@ pub async fn get(
     Path(run_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let run = load_run(&st, &principal, &run_id).await?;
-    Ok(axum::Json(run.snapshot()).into_response())
+    let mut snap = run.snapshot();
+    if !run.is_terminal() {
+        // A parked run surfaces its interrupt (and the tokens that resolve / inspect it).
+        let pending = st.engine.interrupts().pending_views(&run_id).await?;
+        if let Some(first) = pending.first() {
+            snap["interrupt"] = first.clone();
+            snap["interrupts"] = Value::Array(pending);
+        }
+    }
+    Ok(axum::Json(snap).into_response())
 }
 
 pub async fn cancel(

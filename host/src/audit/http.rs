@@ -1,4 +1,6 @@
 //! Records the security-relevant calls visible at the HTTP edge: "who called what, when".
+//! Interrupt resolutions are recorded by `Interrupts::resolve` itself, which knows the
+//! interrupt, the decision and the resolving principal.
 //!
 //! Wraps the whole router (outside authentication) so rejected credentials are recorded too.
 //! The entry is written after the handler ran and before the response leaves, so a client never
@@ -12,7 +14,6 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use super::AuditLog;
 use crate::api::auth::KeyRing;
@@ -32,13 +33,6 @@ enum Kind {
     RunCreate,
     RunCancel {
         run_id: String,
-    },
-    InterruptResolve {
-        run_id: String,
-        node_id: String,
-    },
-    TokenResolve {
-        token_fingerprint: String,
     },
     /// `PUT /v1/packs/{name}/-/{version}.tgz`: third-party code entering the host.
     PackPublish {
@@ -74,14 +68,6 @@ fn classify(method: &Method, path: &str) -> Kind {
         ["", "v1", "runs"] => Kind::RunCreate,
         ["", "v1", "runs", id, "cancel"] => Kind::RunCancel {
             run_id: (*id).to_string(),
-        },
-        ["", "v1", "runs", id, "interrupts", node] => Kind::InterruptResolve {
-            run_id: (*id).to_string(),
-            node_id: (*node).to_string(),
-        },
-        // The token is a credential: only its fingerprint goes into the log.
-        ["", "v1", "interrupts", token] => Kind::TokenResolve {
-            token_fingerprint: hex::encode(&Sha256::digest(token.as_bytes())[..8]),
         },
         _ => Kind::Other,
     }
@@ -152,26 +138,6 @@ async fn record(
                 )
                 .await;
         }
-        Kind::InterruptResolve { run_id, node_id } if !replay => {
-            ctx.audit
-                .record_or_log(
-                    &actor,
-                    "interrupt.resolve",
-                    &run_id,
-                    json!({"nodeId": node_id, "status": status.as_u16()}),
-                )
-                .await;
-        }
-        Kind::TokenResolve { token_fingerprint } if !replay => {
-            ctx.audit
-                .record_or_log(
-                    "interrupt-token",
-                    "interrupt.resolve",
-                    &format!("token:{token_fingerprint}"),
-                    json!({"status": status.as_u16()}),
-                )
-                .await;
-        }
         Kind::PackPublish { pack } => {
             ctx.audit
                 .record_or_log(
@@ -212,10 +178,6 @@ mod tests {
             matches!(classify(&Method::POST, "/v1/runs/r1/cancel"), Kind::RunCancel { run_id } if run_id == "r1")
         );
         assert!(
-            matches!(classify(&Method::POST, "/v1/runs/r1/interrupts/gate"),
-            Kind::InterruptResolve { run_id, node_id } if run_id == "r1" && node_id == "gate")
-        );
-        assert!(
             matches!(classify(&Method::PUT, "/v1/packs/vendor.a.b/-/1.0.0.tgz"), Kind::PackPublish { pack } if pack == "vendor.a.b@1.0.0")
         );
         assert!(
@@ -229,12 +191,10 @@ mod tests {
             classify(&Method::PUT, "/v1/packs/vendor.a.b/-/1.0.0.json"),
             Kind::Other
         ));
-        match classify(&Method::POST, "/v1/interrupts/secret-token") {
-            Kind::TokenResolve { token_fingerprint } => {
-                assert_eq!(token_fingerprint.len(), 16);
-                assert!(!token_fingerprint.contains("secret"));
-            }
-            _ => panic!("token route not classified"),
-        }
+        // Recorded by the resolve path, not here (it knows the decision and the interrupt).
+        assert!(matches!(
+            classify(&Method::POST, "/v1/runs/r1/interrupts/gate"),
+            Kind::Other
+        ));
     }
 }

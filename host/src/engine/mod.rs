@@ -79,6 +79,7 @@ pub struct Engine {
     store: Arc<dyn Store>,
     events: Arc<EventLog>,
     registry: Arc<NodeRegistry>,
+    interrupts: Arc<crate::interrupts::Interrupts>,
     graphs: RwLock<HashMap<String, Arc<Graph>>>,
     /// Live runs → their cancel signal (reason). Held only for O(1) inserts/lookups.
     active: Mutex<HashMap<String, watch::Sender<Option<String>>>>,
@@ -92,11 +93,13 @@ impl Engine {
         store: Arc<dyn Store>,
         events: Arc<EventLog>,
         registry: Arc<NodeRegistry>,
+        interrupts: Arc<crate::interrupts::Interrupts>,
     ) -> Arc<Self> {
         Arc::new(Engine {
             store,
             events,
             registry,
+            interrupts,
             graphs: RwLock::new(HashMap::new()),
             active: Mutex::new(HashMap::new()),
             shared: std::sync::OnceLock::new(),
@@ -115,6 +118,10 @@ impl Engine {
 
     pub fn registry(&self) -> &Arc<NodeRegistry> {
         &self.registry
+    }
+
+    pub fn interrupts(&self) -> &Arc<crate::interrupts::Interrupts> {
+        &self.interrupts
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

@@ -54,6 +54,8 @@ pub enum NodeOutcome {
         details: Option<Value>,
         retryable: bool,
     },
+    /// Park the run until the interrupt is resolved (see `crate::interrupts`).
+    Interrupt(crate::interrupts::InterruptRequest),
 }
 
 /// What an executor returns: the outcome plus any extra events to log before it.
@@ -113,7 +115,7 @@ impl NodeOutcome {
                 }
                 Some(e)
             }
-            NodeOutcome::Completed { .. } => None,
+            NodeOutcome::Completed { .. } | NodeOutcome::Interrupt(_) => None,
         }
     }
 }

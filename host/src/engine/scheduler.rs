@@ -134,6 +134,9 @@ pub(super) async fn drive(
     let n = graph.nodes.len();
     let mut states = vec![NodeState::Pending; n];
     let mut attempts = vec![0u32; n];
+    // Nodes parked on an interrupt when the previous process stopped: the event that parked
+    // (or resumed) them. They are re-entered without a new `node.started`.
+    let mut parked: Vec<Option<String>> = vec![None; n];
     let mut last_event: Option<String>;
 
     if resume {
@@ -151,7 +154,7 @@ pub(super) async fn drive(
         if log.is_empty() {
             last_event = start_run(&ctx).await?;
         } else {
-            fold(&graph, &log, &mut states, &mut attempts);
+            fold(&graph, &log, &mut states, &mut attempts, &mut parked);
             let prev = log.last().map(|e| e.event_id.clone());
             let ev = NewEvent::new(
                 "run.resumed",
@@ -283,9 +286,12 @@ pub(super) async fn drive(
                     states[i] = NodeState::Running;
                     let task_ctx = ctx.clone();
                     let cancel = node_cancel_rx.clone();
-                    let first_attempt = attempts[i] + 1;
+                    let parked_at = parked[i].take();
+                    let first_attempt = attempts[i] + u32::from(parked_at.is_none());
                     tasks.spawn(async move {
-                        let r = run_node(task_ctx, i, inputs, cause, cancel, first_attempt).await;
+                        let r =
+                            run_node(task_ctx, i, inputs, cause, cancel, first_attempt, parked_at)
+                                .await;
                         (i, r)
                     });
                 }
@@ -450,7 +456,13 @@ async fn start_run(ctx: &RunCtx) -> Result<Option<String>, StoreError> {
 
 /// Rebuild node states from a run's event log (restart recovery). Nodes that were started but
 /// never finished go back to `Pending` and are dispatched again with the next attempt number.
-fn fold(graph: &Graph, log: &[EventRecord], states: &mut [NodeState], attempts: &mut [u32]) {
+fn fold(
+    graph: &Graph,
+    log: &[EventRecord],
+    states: &mut [NodeState],
+    attempts: &mut [u32],
+    parked: &mut [Option<String>],
+) {
     for ev in log {
         let Some(i) = ev
             .node_id
@@ -461,7 +473,11 @@ fn fold(graph: &Graph, log: &[EventRecord], states: &mut [NodeState], attempts: 
             continue;
         };
         match ev.event_type.as_str() {
-            "node.started" => attempts[i] += 1,
+            "node.started" => {
+                attempts[i] += 1;
+                parked[i] = None;
+            }
+            "node.suspended" | "node.resumed" => parked[i] = Some(ev.event_id.clone()),
             "node.completed" => {
                 states[i] = NodeState::Done {
                     output: ev.payload.get("outputs").cloned().unwrap_or(json!({})),
@@ -591,6 +607,7 @@ async fn run_node(
     cause: Option<String>,
     mut cancel: watch::Receiver<Option<String>>,
     first_attempt: u32,
+    mut parked_at: Option<String>,
 ) -> Result<NodeEnd, StoreError> {
     let graph = &ctx.graph;
     let node = &graph.nodes[i];
@@ -607,21 +624,26 @@ async fn run_node(
     let started_at = Instant::now();
     loop {
         attempts_here += 1;
-        let started = NewEvent::new(
-            "node.started",
-            json!({"nodeId": node.id, "typeId": node.type_id, "attempt": attempt}),
-        )
-        .node(&node.id)
-        .caused_by(cause.as_deref());
-        let update = RunUpdate {
-            current_node_id: Some(Some(node.id.clone())),
-            ..Default::default()
+        let started_id = match parked_at.take() {
+            // Re-entering a node that was parked before a restart: it did start already.
+            Some(id) => id,
+            None => {
+                let started = NewEvent::new(
+                    "node.started",
+                    json!({"nodeId": node.id, "typeId": node.type_id, "attempt": attempt}),
+                )
+                .node(&node.id)
+                .caused_by(cause.as_deref());
+                let update = RunUpdate {
+                    current_node_id: Some(Some(node.id.clone())),
+                    ..Default::default()
+                };
+                ctx.append(vec![started], Some(update))
+                    .await?
+                    .remove(0)
+                    .event_id
+            }
         };
-        let started_id = ctx
-            .append(vec![started], Some(update))
-            .await?
-            .remove(0)
-            .event_id;
 
         let t0 = Instant::now();
         let result: Option<NodeResult> = match &inputs {
@@ -678,6 +700,18 @@ async fn run_node(
                 }
             },
         };
+        // An interrupt parks the node here until it is resolved; the resolution (or its
+        // rejection / timeout) becomes the node's outcome, caused by the resume event.
+        let (result, started_id) = match result {
+            Some(NodeResult {
+                outcome: NodeOutcome::Interrupt(req),
+                events,
+            }) => match park_and_wait(&ctx, node, attempt, &req, &started_id, &mut cancel).await? {
+                Some((outcome, cause_id)) => (Some(NodeResult { outcome, events }), cause_id),
+                None => (None, started_id),
+            },
+            other => (other, started_id),
+        };
         let Some(result) = result else {
             let reason = cancel.borrow().clone().unwrap_or_default();
             let ev = NewEvent::new(
@@ -716,6 +750,7 @@ async fn run_node(
                     event_id: recs.last().unwrap().event_id.clone(),
                 });
             }
+            NodeOutcome::Interrupt(_) => unreachable!("interrupts are resolved above"),
             outcome @ NodeOutcome::Failed { .. } => {
                 let error = outcome.error_json().unwrap();
                 let retryable = error["retryable"].as_bool().unwrap_or(false);
@@ -761,4 +796,63 @@ async fn run_node(
             }
         }
     }
+}
+
+/// Park the node on its interrupt and wait. `None` = the run was cancelled meanwhile;
+/// otherwise the node's outcome and the event id that caused it.
+async fn park_and_wait(
+    ctx: &RunCtx,
+    node: &dag::Node,
+    attempt: u32,
+    req: &crate::interrupts::InterruptRequest,
+    started_id: &str,
+    cancel: &mut watch::Receiver<Option<String>>,
+) -> Result<Option<(NodeOutcome, String)>, StoreError> {
+    use crate::interrupts::WaitEnd;
+    let interrupts = ctx.engine.interrupts.clone();
+    let key = format!("{}:{}:{}", ctx.run.run_id, node.id, attempt);
+    let rec = interrupts
+        .park(&ctx.run.run_id, &node.id, &key, req, started_id)
+        .await?;
+    Ok(match interrupts.wait(&rec, cancelled(cancel)).await? {
+        WaitEnd::Cancelled(_) => None,
+        WaitEnd::Resolved(done) => {
+            let output = done.resolution.clone().unwrap_or(json!({}));
+            let cause = done
+                .resumed_event_id
+                .clone()
+                .unwrap_or(done.requested_event_id.clone());
+            let rejected = done.kind == "approval"
+                && output.get("action").and_then(Value::as_str) == Some("reject");
+            let outcome = if rejected {
+                NodeOutcome::Failed {
+                    code: "interrupt_rejected".into(),
+                    message: format!("approval at node '{}' was rejected", node.id),
+                    details: Some(output),
+                    retryable: false,
+                }
+            } else {
+                NodeOutcome::Completed {
+                    output,
+                    metrics: None,
+                }
+            };
+            Some((outcome, cause))
+        }
+        WaitEnd::TimedOut(done) => Some((
+            NodeOutcome::Failed {
+                code: "interrupt_timeout".into(),
+                message: format!(
+                    "interrupt at node '{}' was not resolved within {} ms",
+                    node.id,
+                    done.timeout_ms.unwrap_or(0)
+                ),
+                details: Some(
+                    json!({"interruptId": done.interrupt_id, "timeoutMs": done.timeout_ms}),
+                ),
+                retryable: false,
+            },
+            done.requested_event_id.clone(),
+        )),
+    })
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::audit::NewAuditEntry;
+use super::interrupts::{CloseOutcome, InterruptClose, InterruptRecord};
 use super::packs::PackRecord;
 use super::postgres::{scratch_database, PgSettings, PgStore};
 use super::shared::SharedStore;
@@ -87,6 +88,7 @@ contract!(
     outbox_lifecycle,
     audit_chain_links_and_never_forks,
     packs_and_blobs,
+    interrupts_park_and_close_exactly_once,
 );
 
 fn wf(id: &str, digest: &str, version: &str) -> StoredWorkflow {
@@ -809,4 +811,208 @@ async fn postgres_notifies_other_processes() {
             .is_err(),
         "no echo of B's own events"
     );
+}
+
+fn interrupt(id: &str, run_id: &str, key: &str) -> InterruptRecord {
+    InterruptRecord {
+        interrupt_id: id.into(),
+        run_id: run_id.into(),
+        node_id: "gate".into(),
+        key: key.into(),
+        kind: "approval".into(),
+        status: "pending".into(),
+        data: json!({"actions": ["accept"]}),
+        timeout_ms: Some(5000),
+        token_kid: "k1".into(),
+        token_hash: "h1".into(),
+        inspect_token_hash: "h2".into(),
+        requested_event_id: "evt_req".into(),
+        requested_at: "2026-01-01T00:00:00.000Z".into(),
+        token_expires_at: "2026-01-01T00:30:00.000Z".into(),
+        deadline_at: None,
+        resolution: None,
+        resolved_by: None,
+        resolved_at: None,
+        resumed_event_id: None,
+    }
+}
+
+fn close(status: &str) -> InterruptClose {
+    InterruptClose {
+        status: status.into(),
+        resolution: json!({"action": "accept"}),
+        resolved_by: "key-1".into(),
+        resolved_at: "2026-01-01T00:01:00.000Z".into(),
+        resumed_event_id: Some("evt_res".into()),
+    }
+}
+
+async fn interrupts_park_and_close_exactly_once(store: Arc<dyn Store>) {
+    with_run(&store, "run-i").await;
+    store
+        .append_events("run-i", vec![NewEvent::new("run.started", json!({}))], None)
+        .await
+        .unwrap();
+    let rec = interrupt("int_1", "run-i", "run-i:gate:1");
+    let parked = store
+        .park_interrupt(
+            &rec,
+            vec![NewEvent::new("interrupt.requested", json!({}))],
+            RunUpdate::status("waiting-approval"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(parked[0].sequence, 1);
+    assert_eq!(
+        store.get_run("run-i").await.unwrap().unwrap().status,
+        "waiting-approval"
+    );
+    assert_eq!(store.get_interrupt("int_1").await.unwrap().unwrap(), rec);
+    assert_eq!(
+        store
+            .interrupt_by_key("run-i", "run-i:gate:1")
+            .await
+            .unwrap()
+            .unwrap(),
+        rec
+    );
+    assert!(store
+        .interrupt_by_key("run-i", "run-i:gate:2")
+        .await
+        .unwrap()
+        .is_none());
+    // The same key cannot be parked twice (and the failed park appends nothing).
+    assert!(store
+        .park_interrupt(
+            &interrupt("int_2", "run-i", "run-i:gate:1"),
+            vec![NewEvent::new("x", json!({}))],
+            RunUpdate::default()
+        )
+        .await
+        .is_err());
+    assert_eq!(store.list_events("run-i", -1, 100).await.unwrap().len(), 2);
+
+    // Concurrent closes: exactly one commits its events.
+    let attempts = (0..6).map(|_| {
+        let s = store.clone();
+        async move {
+            s.close_interrupt(
+                "int_1",
+                &close("resolved"),
+                vec![NewEvent::new("interrupt.resolved", json!({}))],
+                RunUpdate::status("running"),
+            )
+            .await
+            .unwrap()
+        }
+    });
+    let outcomes = futures::future::join_all(attempts).await;
+    let won = outcomes
+        .iter()
+        .filter(|o| matches!(o, CloseOutcome::Closed(_)))
+        .count();
+    let lost = outcomes
+        .iter()
+        .filter(|o| matches!(o, CloseOutcome::NotPending(s) if s == "resolved"))
+        .count();
+    assert_eq!((won, lost), (1, 5), "{outcomes:?}");
+    let events = store.list_events("run-i", -1, 100).await.unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.event_type == "interrupt.resolved")
+            .count(),
+        1
+    );
+    let done = store.get_interrupt("int_1").await.unwrap().unwrap();
+    assert_eq!(done.status, "resolved");
+    assert_eq!(done.resolution, Some(json!({"action": "accept"})));
+    assert_eq!(done.resumed_event_id.as_deref(), Some("evt_res"));
+    assert_eq!(
+        store.get_run("run-i").await.unwrap().unwrap().status,
+        "running"
+    );
+    assert!(matches!(
+        store
+            .close_interrupt("int_9", &close("resolved"), vec![], RunUpdate::default())
+            .await
+            .unwrap(),
+        CloseOutcome::NotFound
+    ));
+
+    // A terminal run: the close is refused and rolled back (the row stays pending).
+    store
+        .park_interrupt(
+            &interrupt("int_3", "run-i", "run-i:gate:2"),
+            vec![],
+            RunUpdate::default(),
+        )
+        .await
+        .unwrap();
+    store
+        .append_events(
+            "run-i",
+            vec![NewEvent::new("run.cancelled", json!({}))],
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .close_interrupt(
+                "int_3",
+                &close("resolved"),
+                vec![NewEvent::new("interrupt.resolved", json!({}))],
+                RunUpdate::default()
+            )
+            .await
+            .unwrap(),
+        CloseOutcome::RunTerminal
+    ));
+    assert_eq!(
+        store.get_interrupt("int_3").await.unwrap().unwrap().status,
+        "pending"
+    );
+    assert_eq!(store.cancel_interrupts("run-i").await.unwrap(), 1);
+    let all = store.run_interrupts("run-i").await.unwrap();
+    let states: Vec<&str> = all.iter().map(|r| r.status.as_str()).collect();
+    assert_eq!(states, ["resolved", "cancelled"]);
+}
+
+#[tokio::test]
+async fn postgres_interrupt_resolution_is_not_fenced_but_parking_is() {
+    let Some(url) = pg_database().await else {
+        return;
+    };
+    let a: Arc<dyn Store> = Arc::new(pg_open(&url, 10_000).await);
+    let b: Arc<dyn Store> = Arc::new(pg_open(&url, 10_000).await);
+    with_run(&a, "run-f").await;
+    // Only the lease owner parks ...
+    assert!(matches!(
+        b.park_interrupt(
+            &interrupt("int_b", "run-f", "k-b"),
+            vec![NewEvent::new("interrupt.requested", json!({}))],
+            RunUpdate::default()
+        )
+        .await,
+        Err(StoreError::LeaseLost)
+    ));
+    assert!(
+        b.get_interrupt("int_b").await.unwrap().is_none(),
+        "rolled back"
+    );
+    a.park_interrupt(
+        &interrupt("int_a", "run-f", "k-a"),
+        vec![NewEvent::new("interrupt.requested", json!({}))],
+        RunUpdate::default(),
+    )
+    .await
+    .unwrap();
+    // ... but any process may resolve (the resolver is rarely the executing process).
+    assert!(matches!(
+        b.close_interrupt("int_a", &close("resolved"), vec![NewEvent::new("interrupt.resolved", json!({}))], RunUpdate::status("running"))
+            .await
+            .unwrap(),
+        CloseOutcome::Closed(ref r) if r[0].sequence == 1
+    ));
 }

@@ -6,6 +6,7 @@
 pub mod audit;
 #[cfg(test)]
 mod contract;
+pub mod interrupts;
 pub mod packs;
 pub mod postgres;
 pub(crate) mod rows;
@@ -280,7 +281,13 @@ pub enum CreateRunOutcome {
 
 #[async_trait]
 pub trait Store:
-    webhooks::WebhookStore + audit::AuditStore + packs::PackStore + Send + Sync + 'static
+    webhooks::WebhookStore
+    + audit::AuditStore
+    + packs::PackStore
+    + interrupts::InterruptStore
+    + Send
+    + Sync
+    + 'static
 {
     async fn put_workflow(&self, wf: &StoredWorkflow) -> StoreResult<()>;
     /// `id` as `tenant` sees it: its own definition, else the shared one.

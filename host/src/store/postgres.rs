@@ -12,6 +12,7 @@
 //!   locks; commits notify the other processes (`LISTEN`/`NOTIFY`).
 
 mod audit;
+mod interrupts;
 mod listen;
 mod packs;
 mod webhooks;
@@ -82,6 +83,92 @@ impl PgStore {
 
     fn ttl_ms(&self) -> i64 {
         self.lease_ttl.as_millis().min(i64::MAX as u128) as i64
+    }
+
+    /// Append inside `tx` (row-locked, gap-free sequences, NOTIFY on commit). `fenced`: refuse
+    /// unless this process holds the run's live lease — every engine append; an interrupt
+    /// resolution is instead guarded by its own row and may come through any process.
+    pub(crate) async fn append_in_tx(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        run_id: &str,
+        events: Vec<NewEvent>,
+        update: Option<RunUpdate>,
+        fenced: bool,
+    ) -> StoreResult<Vec<EventRecord>> {
+        terminal_is_last(&events)?;
+        // The row lock serialises appends to one run across every process.
+        let row: Option<(i64, i64, Option<String>, bool)> = sqlx::query_as(
+            "SELECT next_sequence, terminal, lease_owner,
+                    COALESCE(lease_until >= clock_timestamp(), false)
+               FROM runs WHERE run_id = $1 FOR UPDATE",
+        )
+        .bind(run_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let Some((first, terminal, owner, live)) = row else {
+            return Err(StoreError::RunNotFound);
+        };
+        if terminal != 0 {
+            return Err(StoreError::RunTerminal);
+        }
+        if fenced && live && owner.as_deref().is_some_and(|o| o != self.me) {
+            return Err(StoreError::LeaseLost);
+        }
+        let becomes_terminal = events
+            .last()
+            .map(|e| is_terminal_event(&e.event_type))
+            .unwrap_or(false);
+        let mut seq = first;
+        let mut out = Vec::with_capacity(events.len());
+        for ev in events {
+            sqlx::query(
+                "INSERT INTO run_events (run_id, sequence, event_id, type, node_id, causation_id, payload, timestamp)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(run_id)
+            .bind(seq)
+            .bind(&ev.event_id)
+            .bind(&ev.event_type)
+            .bind(&ev.node_id)
+            .bind(&ev.causation_id)
+            .bind(ev.payload.to_string())
+            .bind(&ev.timestamp)
+            .execute(&mut **tx)
+            .await?;
+            out.push(ev.committed(run_id, seq));
+            seq += 1;
+        }
+        let u = update.unwrap_or_default();
+        let (set_node, node) = match u.current_node_id {
+            Some(n) => (true, n),
+            None => (false, None),
+        };
+        sqlx::query(
+            "UPDATE runs SET next_sequence = $1, terminal = $2, status = COALESCE($3, status),
+               current_node_id = CASE WHEN $4 THEN $5 ELSE current_node_id END,
+               error = COALESCE($6, error), outputs = COALESCE($7, outputs),
+               started_at = COALESCE($8, started_at), completed_at = COALESCE($9, completed_at), updated_at = $10
+             WHERE run_id = $11",
+        )
+        .bind(seq)
+        .bind(becomes_terminal as i64)
+        .bind(u.status)
+        .bind(set_node)
+        .bind(node)
+        .bind(u.error.map(|v| v.to_string()))
+        .bind(u.outputs.map(|v| v.to_string()))
+        .bind(u.started_at)
+        .bind(u.completed_at)
+        .bind(ts(Utc::now()))
+        .bind(run_id)
+        .execute(&mut **tx)
+        .await?;
+        if seq > first {
+            let payload = format!("{} {} {} {}", self.me, run_id, first, seq - 1);
+            notify(tx, CH_EVENTS, &payload).await?;
+        }
+        Ok(out)
     }
 }
 
@@ -265,79 +352,10 @@ impl Store for PgStore {
         events: Vec<NewEvent>,
         update: Option<RunUpdate>,
     ) -> StoreResult<Vec<EventRecord>> {
-        terminal_is_last(&events)?;
         let mut tx = self.pool.begin().await?;
-        // The row lock serialises appends to one run across every process.
-        let row: Option<(i64, i64, Option<String>, bool)> = sqlx::query_as(
-            "SELECT next_sequence, terminal, lease_owner,
-                    COALESCE(lease_until >= clock_timestamp(), false)
-               FROM runs WHERE run_id = $1 FOR UPDATE",
-        )
-        .bind(run_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((first, terminal, owner, live)) = row else {
-            return Err(StoreError::RunNotFound);
-        };
-        if terminal != 0 {
-            return Err(StoreError::RunTerminal);
-        }
-        if live && owner.as_deref().is_some_and(|o| o != self.me) {
-            return Err(StoreError::LeaseLost);
-        }
-        let becomes_terminal = events
-            .last()
-            .map(|e| is_terminal_event(&e.event_type))
-            .unwrap_or(false);
-        let mut seq = first;
-        let mut out = Vec::with_capacity(events.len());
-        for ev in events {
-            sqlx::query(
-                "INSERT INTO run_events (run_id, sequence, event_id, type, node_id, causation_id, payload, timestamp)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(run_id)
-            .bind(seq)
-            .bind(&ev.event_id)
-            .bind(&ev.event_type)
-            .bind(&ev.node_id)
-            .bind(&ev.causation_id)
-            .bind(ev.payload.to_string())
-            .bind(&ev.timestamp)
-            .execute(&mut *tx)
+        let out = self
+            .append_in_tx(&mut tx, run_id, events, update, true)
             .await?;
-            out.push(ev.committed(run_id, seq));
-            seq += 1;
-        }
-        let u = update.unwrap_or_default();
-        let (set_node, node) = match u.current_node_id {
-            Some(n) => (true, n),
-            None => (false, None),
-        };
-        sqlx::query(
-            "UPDATE runs SET next_sequence = $1, terminal = $2, status = COALESCE($3, status),
-               current_node_id = CASE WHEN $4 THEN $5 ELSE current_node_id END,
-               error = COALESCE($6, error), outputs = COALESCE($7, outputs),
-               started_at = COALESCE($8, started_at), completed_at = COALESCE($9, completed_at), updated_at = $10
-             WHERE run_id = $11",
-        )
-        .bind(seq)
-        .bind(becomes_terminal as i64)
-        .bind(u.status)
-        .bind(set_node)
-        .bind(node)
-        .bind(u.error.map(|v| v.to_string()))
-        .bind(u.outputs.map(|v| v.to_string()))
-        .bind(u.started_at)
-        .bind(u.completed_at)
-        .bind(ts(Utc::now()))
-        .bind(run_id)
-        .execute(&mut *tx)
-        .await?;
-        if seq > first {
-            let payload = format!("{} {} {} {}", self.me, run_id, first, seq - 1);
-            notify(&mut tx, CH_EVENTS, &payload).await?;
-        }
         tx.commit().await?;
         Ok(out)
     }

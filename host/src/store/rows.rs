@@ -181,3 +181,27 @@ pub(crate) fn pack<R: Cols>(r: &R) -> StoreResult<PackRecord> {
         created_at: r.text("created_at")?,
     })
 }
+
+pub(crate) fn interrupt<R: Cols>(r: &R) -> StoreResult<super::interrupts::InterruptRecord> {
+    Ok(super::interrupts::InterruptRecord {
+        interrupt_id: r.text("interrupt_id")?,
+        run_id: r.text("run_id")?,
+        node_id: r.text("node_id")?,
+        key: r.text("interrupt_key")?,
+        kind: r.text("kind")?,
+        status: r.text("status")?,
+        data: r.json("data")?,
+        timeout_ms: r.opt_int("timeout_ms")?,
+        token_kid: r.text("token_kid")?,
+        token_hash: r.text("token_hash")?,
+        inspect_token_hash: r.text("inspect_token_hash")?,
+        requested_event_id: r.text("requested_event_id")?,
+        requested_at: r.text("requested_at")?,
+        token_expires_at: r.text("token_expires_at")?,
+        deadline_at: r.opt_text("deadline_at")?,
+        resolution: r.opt_json("resolution")?,
+        resolved_by: r.opt_text("resolved_by")?,
+        resolved_at: r.opt_text("resolved_at")?,
+        resumed_event_id: r.opt_text("resumed_event_id")?,
+    })
+}

@@ -29,6 +29,7 @@ use crate::store::rows;
 mod packs;
 
 mod audit;
+mod interrupts;
 mod webhooks;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations");

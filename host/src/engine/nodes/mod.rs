@@ -1,5 +1,7 @@
 //! Built-in `core.*` node types.
 
+pub mod gates;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +18,9 @@ pub fn register_core(registry: &NodeRegistry) {
     registry.register("core.fail", Arc::new(Fail));
     registry.register("core.delay", Arc::new(Delay));
     registry.register("core.identity", Arc::new(Identity));
+    registry.register("core.approvalGate", Arc::new(gates::ApprovalGate));
+    registry.register("core.clarificationGate", Arc::new(gates::ClarificationGate));
+    registry.register("core.interrupt", Arc::new(gates::ExternalEvent));
 }
 
 /// Completes immediately with an empty output.

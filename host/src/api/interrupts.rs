@@ -1,0 +1,159 @@
+//! Interrupt resolution surfaces (interrupt.md §"Resolution endpoints"):
+//! - `POST /v1/runs/{runId}/interrupts/{nodeId}` — bearer-authenticated, run-scoped;
+//! - `GET|POST /v1/interrupts/{token}` — the signed token is the credential (no bearer).
+//!
+//! Both end in [`Interrupts::resolve`](crate::interrupts::Interrupts::resolve); these handlers
+//! only locate the interrupt and map errors to the canonical envelope.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use serde_json::{json, Value};
+
+use super::auth::Auth;
+use super::body::OptionalJsonBody;
+use super::error::ApiError;
+use super::runs::load_run;
+use super::AppState;
+use crate::interrupts::resume::ResumeError;
+use crate::interrupts::token::{digest, Intent};
+use crate::interrupts::{ResolveError, Via};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/v1/runs/{run_id}/interrupts/{node_id}",
+            post(resolve_by_node),
+        )
+        .route(
+            "/v1/interrupts/{token}",
+            post(resolve_by_token).get(inspect),
+        )
+}
+
+/// Map a resolve failure to the envelope. The run-scoped surface reports a cancelled run as
+/// `422 interrupt_cancelled`; for a token it is an invalidated token, `409`.
+pub fn api_error(e: ResolveError, via: Via) -> ApiError {
+    let new = ApiError::new;
+    match e {
+        ResolveError::Malformed => ApiError::validation("the interrupt token is malformed"),
+        ResolveError::NotFound => new(
+            StatusCode::NOT_FOUND,
+            "interrupt_not_found",
+            "no interrupt matches",
+        ),
+        ResolveError::Expired => new(
+            StatusCode::GONE,
+            "interrupt_expired",
+            "the interrupt token has expired",
+        ),
+        ResolveError::AlreadyResolved => new(
+            StatusCode::CONFLICT,
+            "interrupt_already_resolved",
+            "the interrupt is no longer pending",
+        ),
+        ResolveError::Cancelled if via == Via::Run => new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "interrupt_cancelled",
+            "the run was cancelled while the interrupt was pending",
+        ),
+        ResolveError::Cancelled => new(
+            StatusCode::CONFLICT,
+            "interrupt_already_resolved",
+            "the token was invalidated when its run ended",
+        ),
+        ResolveError::InspectOnly => new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this token may only inspect the interrupt, not resolve it",
+        ),
+        ResolveError::Resume(ResumeError::Invalid { message, details }) => {
+            ApiError::validation(message).details(details)
+        }
+        ResolveError::Resume(ResumeError::CorrelationMismatch { fields }) => new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "correlation_mismatch",
+            "the event does not match the interrupt's correlation; the run keeps waiting",
+        )
+        .details(json!({"fields": fields})),
+        ResolveError::Store(e) => ApiError::internal(e),
+    }
+}
+
+fn body_or_empty(body: Option<Value>) -> Value {
+    body.unwrap_or_else(|| json!({}))
+}
+
+pub async fn resolve_by_node(
+    State(st): State<AppState>,
+    Auth(principal): Auth,
+    Path((run_id, node_id)): Path<(String, String)>,
+    OptionalJsonBody(body): OptionalJsonBody,
+) -> Result<Response, ApiError> {
+    load_run(&st, &principal, &run_id).await?;
+    let interrupts = st.engine.interrupts();
+    let rec = interrupts
+        .for_node(&run_id, &node_id)
+        .await
+        .map_err(|e| api_error(e, Via::Run))?;
+    let out = interrupts
+        .resolve(&rec, &body_or_empty(body), &principal.id, Via::Run)
+        .await
+        .map_err(|e| api_error(e, Via::Run))?;
+    Ok(axum::Json(out).into_response())
+}
+
+/// Who resolved through a token: an opaque id of the token (never the token).
+fn token_actor(token: &str) -> String {
+    format!("token:{}", &digest(token)[..16])
+}
+
+pub async fn resolve_by_token(
+    State(st): State<AppState>,
+    Path(token): Path<String>,
+    body: Result<OptionalJsonBody, ApiError>,
+) -> Result<Response, ApiError> {
+    let interrupts = st.engine.interrupts();
+    // The token is checked before the body, so an unknown token is a 404 whatever was posted.
+    let (rec, intent) = interrupts
+        .by_token(&token)
+        .await
+        .map_err(|e| api_error(e, Via::Token))?;
+    if intent != Intent::Resolve {
+        return Err(api_error(ResolveError::InspectOnly, Via::Token));
+    }
+    let OptionalJsonBody(body) = body?;
+    let out = interrupts
+        .resolve(&rec, &body_or_empty(body), &token_actor(&token), Via::Token)
+        .await
+        .map_err(|e| api_error(e, Via::Token))?;
+    Ok(axum::Json(out).into_response())
+}
+
+pub async fn inspect(
+    State(st): State<AppState>,
+    Path(token): Path<String>,
+) -> Result<Response, ApiError> {
+    let interrupts = st.engine.interrupts();
+    let (rec, intent) = interrupts
+        .by_token(&token)
+        .await
+        .map_err(|e| api_error(e, Via::Token))?;
+    // A token is invalidated once its interrupt is resolved or its run ends.
+    interrupts
+        .check_open(&rec)
+        .await
+        .map_err(|e| api_error(e, Via::Token))?;
+    let mut v = json!({
+        "runId": rec.run_id, "nodeId": rec.node_id, "interruptId": rec.interrupt_id,
+        "kind": rec.kind, "key": rec.key, "status": rec.status, "data": rec.data,
+        "requestedAt": rec.requested_at, "expiresAt": rec.token_expires_at,
+        "intent": match intent { Intent::Resolve => "resolve", Intent::Inspect => "inspect" },
+    });
+    if let Some(t) = rec.timeout_ms {
+        v["timeoutMs"] = json!(t);
+    }
+    Ok(axum::Json(v).into_response())
+}

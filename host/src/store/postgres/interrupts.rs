@@ -1,0 +1,135 @@
+//! Postgres implementation of [`InterruptStore`]. Parking is fenced on the run's lease like every
+//! engine append; a resolution may arrive at any process, so it is guarded by the interrupt row
+//! (`FOR UPDATE`, status must be `pending`) instead, and its NOTIFY wakes the executing process.
+
+use super::PgStore;
+use crate::store::interrupts::{CloseOutcome, InterruptClose, InterruptRecord, InterruptStore};
+use crate::store::rows;
+use crate::store::{EventRecord, NewEvent, RunUpdate, StoreError, StoreResult};
+use async_trait::async_trait;
+
+#[async_trait]
+impl InterruptStore for PgStore {
+    async fn park_interrupt(
+        &self,
+        rec: &InterruptRecord,
+        events: Vec<NewEvent>,
+        update: RunUpdate,
+    ) -> StoreResult<Vec<EventRecord>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO interrupts (interrupt_id, run_id, node_id, interrupt_key, kind, status, data,
+               timeout_ms, token_kid, token_hash, inspect_token_hash, requested_event_id,
+               requested_at, token_expires_at, deadline_at)
+             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(&rec.interrupt_id)
+        .bind(&rec.run_id)
+        .bind(&rec.node_id)
+        .bind(&rec.key)
+        .bind(&rec.kind)
+        .bind(rec.data.to_string())
+        .bind(rec.timeout_ms)
+        .bind(&rec.token_kid)
+        .bind(&rec.token_hash)
+        .bind(&rec.inspect_token_hash)
+        .bind(&rec.requested_event_id)
+        .bind(&rec.requested_at)
+        .bind(&rec.token_expires_at)
+        .bind(&rec.deadline_at)
+        .execute(&mut *tx)
+        .await?;
+        let records = self
+            .append_in_tx(&mut tx, &rec.run_id, events, Some(update), true)
+            .await?;
+        tx.commit().await?;
+        Ok(records)
+    }
+
+    async fn get_interrupt(&self, interrupt_id: &str) -> StoreResult<Option<InterruptRecord>> {
+        let row = sqlx::query("SELECT * FROM interrupts WHERE interrupt_id = $1")
+            .bind(interrupt_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(rows::interrupt).transpose()
+    }
+
+    async fn interrupt_by_key(
+        &self,
+        run_id: &str,
+        key: &str,
+    ) -> StoreResult<Option<InterruptRecord>> {
+        let row = sqlx::query("SELECT * FROM interrupts WHERE run_id = $1 AND interrupt_key = $2")
+            .bind(run_id)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(rows::interrupt).transpose()
+    }
+
+    async fn run_interrupts(&self, run_id: &str) -> StoreResult<Vec<InterruptRecord>> {
+        let found = sqlx::query(
+            "SELECT * FROM interrupts WHERE run_id = $1 ORDER BY requested_at, interrupt_id",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        found.iter().map(rows::interrupt).collect()
+    }
+
+    async fn close_interrupt(
+        &self,
+        interrupt_id: &str,
+        close: &InterruptClose,
+        events: Vec<NewEvent>,
+        update: RunUpdate,
+    ) -> StoreResult<CloseOutcome> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(String, String)> = sqlx::query_as(
+            "SELECT run_id, status FROM interrupts WHERE interrupt_id = $1 FOR UPDATE",
+        )
+        .bind(interrupt_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((run_id, status)) = row else {
+            return Ok(CloseOutcome::NotFound);
+        };
+        if status != "pending" {
+            return Ok(CloseOutcome::NotPending(status));
+        }
+        sqlx::query(
+            "UPDATE interrupts SET status = $1, resolution = $2, resolved_by = $3, resolved_at = $4,
+               resumed_event_id = $5 WHERE interrupt_id = $6 AND status = 'pending'",
+        )
+        .bind(&close.status)
+        .bind(close.resolution.to_string())
+        .bind(&close.resolved_by)
+        .bind(&close.resolved_at)
+        .bind(&close.resumed_event_id)
+        .bind(interrupt_id)
+        .execute(&mut *tx)
+        .await?;
+        match self
+            .append_in_tx(&mut tx, &run_id, events, Some(update), false)
+            .await
+        {
+            Ok(records) => {
+                tx.commit().await?;
+                Ok(CloseOutcome::Closed(records))
+            }
+            // Dropping the transaction rolls the row change back.
+            Err(StoreError::RunTerminal) => Ok(CloseOutcome::RunTerminal),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn cancel_interrupts(&self, run_id: &str) -> StoreResult<u64> {
+        let r = sqlx::query(
+            "UPDATE interrupts SET status = 'cancelled' WHERE run_id = $1 AND status = 'pending'",
+        )
+        .bind(run_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+}
