@@ -24,6 +24,7 @@ from openwop_client import (
     CreateRunRequest,
     OpenwopClient,
     RegisterWebhookRequest,
+    ResolveInterruptRequest,
     WopError,
     read_webhook_headers,
     sse,
@@ -171,6 +172,64 @@ def cancel() -> None:
 
 check("runs_cancel (typed)", cancel)
 
+# ── interrupts ────────────────────────────────────────────────────────────────────────────────
+def expect_error(fn: Callable[[], Any], status: int, code: str) -> None:
+    try:
+        fn()
+    except WopError as e:
+        expect(e.status == status, f"status {e.status}")
+        expect(e.envelope is not None and e.envelope.error == code, str(e.envelope))
+        return
+    raise AssertionError(f"expected {status} {code}")
+
+
+def approval() -> None:
+    r = v1.runs_create(CreateRunRequest(workflowId="conformance-approval", inputs={}))
+    snap = wait_status(r.runId, {"waiting-approval"})
+    expect(snap["currentNodeId"] == "gate", str(snap))
+    token = snap["interrupt"]["interruptToken"]
+    seen = v1.interrupts_inspect_by_token(token)
+    expect(seen.kind == "approval" and seen.key == f"{r.runId}:gate:1", str(seen))
+    expect(seen.data["actions"] == ["accept", "reject"], str(seen.data))
+    expect_error(
+        lambda: v1.interrupts_resolve_by_run(r.runId, "gate", ResolveInterruptRequest(resumeValue={"action": "maybe"})),
+        400, "validation_error",
+    )
+    expect(wait_status(r.runId, {"waiting-approval"})["status"] == "waiting-approval", "still waiting")
+    res = v1.interrupts_resolve_by_run(r.runId, "gate", ResolveInterruptRequest(resumeValue={"action": "accept"}))
+    expect(res.runId == r.runId and res.nodeId == "gate" and res.status == "running", str(res))
+    done = wait_status(r.runId, {"completed", "failed", "cancelled"})
+    expect(done["status"] == "completed" and done["outputs"]["action"] == "accept", str(done))
+    expect_error(
+        lambda: v1.interrupts_resolve_by_run(r.runId, "gate", ResolveInterruptRequest(resumeValue={"action": "accept"})),
+        409, "interrupt_already_resolved",
+    )
+
+
+check("resolve an approval interrupt (interrupts_inspect_by_token, interrupts_resolve_by_run)", approval)
+
+
+def external_event_by_token() -> None:
+    r = v1.runs_create(CreateRunRequest(workflowId="conformance-interrupt-external-event", inputs={}))
+    token = wait_status(r.runId, {"waiting-external"})["interrupt"]["interruptToken"]
+    expect_error(
+        lambda: v1.interrupts_resolve_by_token(token, ResolveInterruptRequest(resumeValue={"orderId": "other", "status": "completed"})),
+        422, "correlation_mismatch",
+    )
+    out = v1.interrupts_resolve_by_token(
+        token, ResolveInterruptRequest(resumeValue={"orderId": "fixture-order-1", "status": "completed"})
+    )
+    expect(out["runId"] == r.runId and out["status"] == "running", str(out))
+    expect(wait_status(r.runId, {"completed", "failed", "cancelled"})["status"] == "completed", "completed")
+    expect_error(
+        lambda: v1.interrupts_resolve_by_token(token, ResolveInterruptRequest(resumeValue={"orderId": "fixture-order-1", "status": "completed"})),
+        409, "interrupt_already_resolved",
+    )
+    expect_error(lambda: v1.interrupts_inspect_by_token("tok_unknown"), 404, "interrupt_not_found")
+
+
+check("resolve an external event by signed token (interrupts_resolve_by_token)", external_event_by_token)
+
 # ── webhooks ──────────────────────────────────────────────────────────────────────────────────
 sub = check(
     "webhooks_register (typed)",
@@ -234,8 +293,9 @@ def audit() -> None:
     expect(res.fromSeq == 0 and res.toSeq == 1000, "range echoed")
     expect(res.chainValid is True and res.checkpointsValid is True, str(res))
     expect(res.anomalies == [], str(res.anomalies))
-    # run.create x3, run.cancel, webhook.register, webhook.delete = 6 entries; interval 2 => 3 checkpoints.
-    expect([c.atSequence for c in res.checkpoints] == [2, 4, 6], str(res.checkpoints))
+    # run.create x5, run.cancel, interrupt.resolve x2, webhook.register, webhook.delete = 10
+    # entries; interval 2 => 5 checkpoints.
+    expect([c.atSequence for c in res.checkpoints] == [2, 4, 6, 8, 10], str(res.checkpoints))
     expect(all(c.signature and len(c.merkleRoot) == 64 for c in res.checkpoints), "signed checkpoints")
 
 
