@@ -85,6 +85,12 @@ enum KeysCommand {
         /// Free-form note shown by `keys list`.
         #[arg(long)]
         label: Option<String>,
+        /// A role the key holds (repeatable), for approvals routed by `approverRoleRefs`.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// A group the key belongs to (repeatable), for `approverGroupRefs`.
+        #[arg(long = "group")]
+        groups: Vec<String>,
         /// Expiry (RFC 3339); afterwards the key answers 401 key_expired.
         #[arg(long)]
         expires: Option<chrono::DateTime<chrono::Utc>>,
@@ -112,6 +118,8 @@ fn keys_command(cmd: KeysCommand) -> ExitCode {
             tenant,
             scopes,
             label,
+            roles,
+            groups,
             expires,
             file,
         } => keys::mint(
@@ -120,6 +128,8 @@ fn keys_command(cmd: KeysCommand) -> ExitCode {
                 tenant: &tenant,
                 scopes: &scopes,
                 label: label.as_deref(),
+                roles: &roles,
+                groups: &groups,
                 expires,
             },
         ),

@@ -31,6 +31,9 @@ pub struct Principal {
     pub tenant: String,
     /// Held scopes (`*`, `<resource>:*` or exact names; see `keys::scopes`).
     pub scopes: Arc<[String]>,
+    /// Roles and groups (from the key's config entry) for approver routing.
+    pub roles: Arc<[String]>,
+    pub groups: Arc<[String]>,
 }
 
 impl Principal {
@@ -92,6 +95,8 @@ fn legacy_entry(key: &str) -> Entry {
             id: keys::key_id(&digest),
             tenant: DEFAULT_TENANT.into(),
             scopes: Arc::from(vec!["*".to_string()]),
+            roles: Arc::from(Vec::new()),
+            groups: Arc::from(Vec::new()),
         },
         digest,
         revoked: false,
@@ -110,6 +115,8 @@ fn file_entries(path: &Path) -> Result<(Vec<Entry>, String), KeyFileError> {
                     id: k.id,
                     tenant: k.tenant,
                     scopes: Arc::from(k.scopes),
+                    roles: Arc::from(k.roles),
+                    groups: Arc::from(k.groups),
                 },
                 revoked: k.revoked.is_some(),
                 expires: k.expires,

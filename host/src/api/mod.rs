@@ -1,6 +1,7 @@
 //! HTTP surface (axum). One file per resource; `error.rs` is the envelope, `auth.rs` the bearer
 //! middleware/extractor, `body.rs` the JSON body extractor.
 
+pub mod approvers;
 pub mod audit;
 pub mod auth;
 pub mod body;

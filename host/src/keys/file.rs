@@ -8,6 +8,8 @@
 //! sha256 = "<64 hex digits>"       # SHA-256 of the secret; the secret itself is never stored
 //! created = "2026-12-03T09:00:00Z"
 //! label = "ci pipeline"            # optional
+//! roles = ["controller"]           # optional: approver routing (approverRoleRefs)
+//! groups = ["finance-approvers"]   # optional: approver routing (approverGroupRefs)
 //! expires = "2027-01-01T00:00:00Z" # optional; afterwards the key gets 401 key_expired
 //! revoked = "2026-12-04T10:00:00Z" # set by `wopbox keys revoke`; the key gets 401 key_revoked
 //! ```
@@ -56,6 +58,8 @@ pub enum KeyFileError {
     Scope(#[from] UnknownScope),
     #[error("invalid tenant '{0}': use 1-64 characters from A-Z a-z 0-9 . _ - starting with a letter or digit")]
     Tenant(String),
+    #[error("invalid {kind} '{name}': use 1-64 characters from A-Z a-z 0-9 . _ - starting with a letter or digit")]
+    Name { kind: String, name: String },
     #[error("a key needs at least one --scope")]
     NoScopes,
 }
@@ -72,6 +76,12 @@ pub struct KeyEntry {
     pub created: Option<DateTime<Utc>>,
     #[serde(default)]
     pub label: Option<String>,
+    /// Roles and groups the key's principal holds, matched against an approval's
+    /// `approverRoleRefs` / `approverGroupRefs` (interrupt.md, RFC 0104).
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
     #[serde(default, deserialize_with = "timestamp")]
     pub expires: Option<DateTime<Utc>>,
     #[serde(default, deserialize_with = "timestamp")]
@@ -109,17 +119,32 @@ struct Document {
     keys: Vec<KeyEntry>,
 }
 
+/// 1-64 characters from `A-Z a-z 0-9 . _ -`, starting with a letter or digit: the shape of
+/// tenant, role and group names.
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 pub fn validate_tenant(tenant: &str) -> Result<(), KeyFileError> {
-    let ok = !tenant.is_empty()
-        && tenant.len() <= 64
-        && tenant.as_bytes()[0].is_ascii_alphanumeric()
-        && tenant
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
+    if is_name(tenant) {
         Ok(())
     } else {
         Err(KeyFileError::Tenant(tenant.to_string()))
+    }
+}
+
+/// Role and group names have the tenant's shape.
+pub fn validate_refs(kind: &str, names: &[String]) -> Result<(), KeyFileError> {
+    match names.iter().find(|n| !is_name(n)) {
+        None => Ok(()),
+        Some(bad) => Err(KeyFileError::Name {
+            kind: kind.to_string(),
+            name: bad.clone(),
+        }),
     }
 }
 
@@ -145,6 +170,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<KeyEntry>, KeyFileError> {
             return Err(fail("duplicate id".into()));
         }
         validate_tenant(&k.tenant).map_err(|e| fail(e.to_string()))?;
+        validate_refs("role", &k.roles).map_err(|e| fail(e.to_string()))?;
+        validate_refs("group", &k.groups).map_err(|e| fail(e.to_string()))?;
         if k.scopes.is_empty() {
             return Err(fail("scopes must not be empty".into()));
         }

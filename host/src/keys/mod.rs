@@ -40,6 +40,8 @@ pub struct MintRequest<'a> {
     pub tenant: &'a str,
     pub scopes: &'a [String],
     pub label: Option<&'a str>,
+    pub roles: &'a [String],
+    pub groups: &'a [String],
     pub expires: Option<DateTime<Utc>>,
 }
 
@@ -53,6 +55,8 @@ pub fn mint(path: &Path, req: &MintRequest) -> Result<Value, KeyFileError> {
     for s in req.scopes {
         scopes::validate(s)?;
     }
+    file::validate_refs("role", req.roles)?;
+    file::validate_refs("group", req.groups)?;
     let secret = new_secret();
     let d = digest(&secret);
     let id = key_id(&d);
@@ -61,11 +65,7 @@ pub fn mint(path: &Path, req: &MintRequest) -> Result<Value, KeyFileError> {
         let mut t = toml_edit::Table::new();
         t["id"] = toml_edit::value(&id);
         t["tenant"] = toml_edit::value(req.tenant);
-        let mut arr = toml_edit::Array::new();
-        for s in req.scopes {
-            arr.push(s.as_str());
-        }
-        t["scopes"] = toml_edit::value(arr);
+        t["scopes"] = toml_edit::value(string_array(req.scopes));
         t["sha256"] = toml_edit::value(hex::encode(d));
         t["created"] = toml_edit::value(&created);
         if let Some(l) = req.label {
@@ -74,6 +74,11 @@ pub fn mint(path: &Path, req: &MintRequest) -> Result<Value, KeyFileError> {
         if let Some(e) = req.expires {
             t["expires"] = toml_edit::value(rfc3339(e));
         }
+        for (field, names) in [("roles", req.roles), ("groups", req.groups)] {
+            if !names.is_empty() {
+                t[field] = toml_edit::value(string_array(names));
+            }
+        }
         file::keys_array(doc, path)?.push(t);
         Ok(())
     })?;
@@ -81,6 +86,7 @@ pub fn mint(path: &Path, req: &MintRequest) -> Result<Value, KeyFileError> {
     if let Some(e) = req.expires {
         out["expires"] = json!(rfc3339(e));
     }
+    add_refs(&mut out, req.roles, req.groups);
     out["secret"] = json!(secret);
     Ok(out)
 }
@@ -132,10 +138,24 @@ pub fn list(path: &Path) -> Result<Value, KeyFileError> {
             if let Some(r) = k.revoked {
                 v["revoked"] = json!(rfc3339(r));
             }
+            add_refs(&mut v, &k.roles, &k.groups);
             v
         })
         .collect();
     Ok(json!({"keys": keys}))
+}
+
+fn string_array(items: &[String]) -> toml_edit::Array {
+    items.iter().map(String::as_str).collect()
+}
+
+fn add_refs(v: &mut Value, roles: &[String], groups: &[String]) {
+    if !roles.is_empty() {
+        v["roles"] = json!(roles);
+    }
+    if !groups.is_empty() {
+        v["groups"] = json!(groups);
+    }
 }
 
 fn describe_parts(

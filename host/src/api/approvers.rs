@@ -1,0 +1,140 @@
+//! Approver eligibility (interrupt.md §"Host-side enforcement boundary" and §"Portable approver
+//! routing (RFC 0104)"): an approval interrupt's `approversList` (principal ids: wopbox key
+//! ids), `approverRoleRefs` and `approverGroupRefs` (matched against the `roles`/`groups` of the
+//! key's config entry) name who may resolve it. The engine treats them as advisory; the host
+//! enforces them here, before the resume reaches the engine. No field (or only empty ones) ⇒
+//! anyone holding `approvals:respond` on the run's tenant may resolve.
+
+use serde_json::{json, Value};
+
+use super::auth::Principal;
+
+/// The eligibility constraint an interrupt's data declares.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Eligibility {
+    pub principals: Vec<String>,
+    pub roles: Vec<String>,
+    pub groups: Vec<String>,
+}
+
+/// What made a principal eligible, recorded with the decision (membership is resolved once, at
+/// decision time, so replays never re-resolve it).
+#[derive(Debug, PartialEq, Eq)]
+pub enum EligibleBy {
+    /// The interrupt names no approvers.
+    Unrestricted,
+    Principal(String),
+    Role(String),
+    Group(String),
+}
+
+impl EligibleBy {
+    pub fn to_json(&self) -> Value {
+        match self {
+            EligibleBy::Unrestricted => json!({"by": "unrestricted"}),
+            EligibleBy::Principal(p) => json!({"by": "approversList", "ref": p}),
+            EligibleBy::Role(r) => json!({"by": "approverRoleRefs", "ref": r}),
+            EligibleBy::Group(g) => json!({"by": "approverGroupRefs", "ref": g}),
+        }
+    }
+}
+
+fn strings(data: &Value, field: &str) -> Vec<String> {
+    data.get(field)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Eligibility {
+    pub fn from_data(data: &Value) -> Self {
+        Eligibility {
+            principals: strings(data, "approversList"),
+            roles: strings(data, "approverRoleRefs"),
+            groups: strings(data, "approverGroupRefs"),
+        }
+    }
+
+    pub fn is_restricted(&self) -> bool {
+        !(self.principals.is_empty() && self.roles.is_empty() && self.groups.is_empty())
+    }
+
+    /// Why `p` may resolve, or `None` when it may not.
+    pub fn admits(&self, p: &Principal) -> Option<EligibleBy> {
+        if !self.is_restricted() {
+            return Some(EligibleBy::Unrestricted);
+        }
+        if let Some(id) = self.principals.iter().find(|id| **id == p.id) {
+            return Some(EligibleBy::Principal(id.clone()));
+        }
+        if let Some(r) = self.roles.iter().find(|r| p.roles.contains(r)) {
+            return Some(EligibleBy::Role(r.clone()));
+        }
+        self.groups
+            .iter()
+            .find(|g| p.groups.contains(g))
+            .map(|g| EligibleBy::Group(g.clone()))
+    }
+
+    /// The declared constraint, for a refusal's `details`.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "approversList": self.principals,
+            "approverRoleRefs": self.roles,
+            "approverGroupRefs": self.groups,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn principal(id: &str, roles: &[&str], groups: &[&str]) -> Principal {
+        let owned = |xs: &[&str]| -> Arc<[String]> { xs.iter().map(|s| s.to_string()).collect() };
+        Principal {
+            id: id.into(),
+            tenant: "t".into(),
+            scopes: owned(&["approvals:respond"]),
+            roles: owned(roles),
+            groups: owned(groups),
+        }
+    }
+
+    #[test]
+    fn unrestricted_without_refs() {
+        let e = Eligibility::from_data(&json!({"approversList": [], "title": "x"}));
+        assert_eq!(
+            e.admits(&principal("k", &[], &[])),
+            Some(EligibleBy::Unrestricted)
+        );
+    }
+
+    #[test]
+    fn each_ref_kind_admits_its_members_only() {
+        let e = Eligibility::from_data(&json!({
+            "approversList": ["key-a"], "approverRoleRefs": ["controller"],
+            "approverGroupRefs": ["finance"],
+        }));
+        assert_eq!(
+            e.admits(&principal("key-a", &[], &[])),
+            Some(EligibleBy::Principal("key-a".into()))
+        );
+        assert_eq!(
+            e.admits(&principal("key-b", &["controller"], &[])),
+            Some(EligibleBy::Role("controller".into()))
+        );
+        assert_eq!(
+            e.admits(&principal("key-c", &["viewer"], &["finance"])),
+            Some(EligibleBy::Group("finance".into()))
+        );
+        assert_eq!(e.admits(&principal("key-d", &["viewer"], &["sales"])), None);
+    }
+}
