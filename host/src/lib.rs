@@ -120,6 +120,9 @@ impl Host {
         });
         discovery.set_block("webhooks", webhooks.discovery_block(), false);
         discovery.set_block("auth", audit.discovery_block(), false);
+        // Who may resolve approvals (tests/blackbox/interrupt_auth.rs backs both claims).
+        discovery.add_interrupt_profile(api::approvers::AUTH_REQUIRED_PROFILE);
+        discovery.set_block("interrupt", api::approvers::discovery_block(), false);
         let routers = vec![
             api::webhooks::router(webhooks.clone()),
             api::audit::router(audit.clone()),

@@ -11,6 +11,7 @@ mod errors;
 mod events;
 mod idempotency;
 mod interop;
+mod interrupt_auth;
 mod interrupts;
 mod ops;
 mod packs;

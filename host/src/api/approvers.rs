@@ -5,9 +5,61 @@
 //! enforces them here, before the resume reaches the engine. No field (or only empty ones) ⇒
 //! anyone holding `approvals:respond` on the run's tenant may resolve.
 
+use axum::http::StatusCode;
 use serde_json::{json, Value};
 
 use super::auth::Principal;
+use super::error::ApiError;
+
+/// interrupt-profiles.md: resuming needs a bearer with `approvals:respond`; the signed callback
+/// token is not enough. A gate opts in with `config.profile`.
+pub const AUTH_REQUIRED_PROFILE: &str = "openwop-interrupt-auth-required";
+
+/// Discovery `interrupt.approverRouting` (capabilities.md, RFC 0104): both ref kinds are
+/// resolved against the key's config entry; notifications are not routed, so no `audience`.
+pub fn discovery_block() -> Value {
+    json!({"approverRouting": {"supported": true, "refKinds": ["group", "role"], "audience": false}})
+}
+
+/// Who may resolve an approval interrupt with `data` through the bearer route.
+pub fn check_bearer(data: &Value, p: &Principal) -> Result<EligibleBy, ApiError> {
+    let e = Eligibility::from_data(data);
+    e.admits(p).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this key is not an eligible approver for this interrupt; the run keeps waiting",
+        )
+        .details({
+            let mut d = e.to_json();
+            d["reason"] = json!("not_an_eligible_approver");
+            d
+        })
+    })
+}
+
+/// Whether a signed token (which carries no identity) may resolve an interrupt with `data`:
+/// not when its gate elevates auth, nor when its approvers are restricted (eligibility could not
+/// be checked).
+pub fn check_token(data: &Value) -> Result<(), ApiError> {
+    let refuse = |code: &str, message: &str| {
+        Err(ApiError::new(StatusCode::FORBIDDEN, code, message.to_string())
+            .details(json!({"profile": data.get("profile"), "resolveWith": "POST /v1/runs/{runId}/interrupts/{nodeId}"})))
+    };
+    if data.get("profile").and_then(Value::as_str) == Some(AUTH_REQUIRED_PROFILE) {
+        return refuse(
+            "auth_elevation_required",
+            "this interrupt requires a bearer key with approvals:respond; the signed token cannot resolve it",
+        );
+    }
+    if Eligibility::from_data(data).is_restricted() {
+        return refuse(
+            "forbidden",
+            "this interrupt names its approvers; resolve it with an eligible approver's bearer key",
+        );
+    }
+    Ok(())
+}
 
 /// The eligibility constraint an interrupt's data declares.
 #[derive(Debug, Default, PartialEq, Eq)]

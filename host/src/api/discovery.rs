@@ -60,7 +60,7 @@ impl Discovery {
             "extensions",
             json!({
                 "x-host-wopbox": {"workflowRegistration": {"create": "POST /v1/workflows", "put": "PUT /v1/workflows/{workflowId}"}},
-                // Profiles are added by `set_extension` once they are implemented and tested.
+                // Profiles are added by `add_interrupt_profile` once implemented and tested.
                 "interrupts": {"profiles": [], "signedCallbackTokens": true, "tokenIntents": ["resolve", "inspect"]},
             }),
             false,
@@ -76,6 +76,23 @@ impl Discovery {
             doc.mirrored.insert(key.to_string());
         } else {
             doc.mirrored.remove(key);
+        }
+    }
+
+    /// Claim an interrupt profile under `extensions.interrupts.profiles` (interrupt-profiles.md
+    /// §"Discovery guidance"). Only for profiles whose behaviour is implemented and tested.
+    pub fn add_interrupt_profile(&self, profile: &str) {
+        let mut doc = self.doc.write().unwrap();
+        let Some(list) = doc
+            .blocks
+            .get_mut("extensions")
+            .and_then(|e| e.pointer_mut("/interrupts/profiles"))
+            .and_then(Value::as_array_mut)
+        else {
+            return;
+        };
+        if !list.iter().any(|p| p == profile) {
+            list.push(json!(profile));
         }
     }
 

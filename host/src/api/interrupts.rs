@@ -12,6 +12,7 @@ use axum::routing::post;
 use axum::Router;
 use serde_json::{json, Value};
 
+use super::approvers;
 use super::auth::Auth;
 use super::body::OptionalJsonBody;
 use super::error::ApiError;
@@ -98,6 +99,11 @@ pub async fn resolve_by_node(
         .for_node(&run_id, &node_id)
         .await
         .map_err(|e| api_error(e, Via::Run))?;
+    // The host's resolution layer decides who may answer (interrupt.md §"Host-side
+    // enforcement boundary"), before the engine sees the resume.
+    if rec.kind == "approval" {
+        approvers::check_bearer(&rec.data, &principal)?;
+    }
     let out = interrupts
         .resolve(&rec, &body_or_empty(body), &principal.id, Via::Run)
         .await
@@ -124,6 +130,7 @@ pub async fn resolve_by_token(
     if intent != Intent::Resolve {
         return Err(api_error(ResolveError::InspectOnly, Via::Token));
     }
+    approvers::check_token(&rec.data)?;
     let OptionalJsonBody(body) = body?;
     let out = interrupts
         .resolve(&rec, &body_or_empty(body), &token_actor(&token), Via::Token)

@@ -38,10 +38,12 @@ use token::{Intent, TokenClaims, TokenError, TokenKeys};
 
 /// Conformance fixtures whose semantics this module implements (advertised via
 /// `Host::supported_fixtures`).
-pub const FIXTURES: [&str; 3] = [
+pub const FIXTURES: [&str; 4] = [
     "conformance-approval",
     "conformance-clarification",
     "conformance-interrupt-external-event",
+    // Its gate's `profile` is enforced by `api::approvers` (bearer with approvals:respond only).
+    "conformance-interrupt-auth-required",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

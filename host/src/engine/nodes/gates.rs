@@ -42,13 +42,36 @@ fn interrupt(req: Result<InterruptRequest, String>) -> NodeResult {
 }
 
 /// `core.approvalGate`: config `{title, description?, actions?, artifactId?, artifactType?,
-/// artifactData?, timeoutMs?}`; input `artifactData` overrides the config's.
+/// artifactData?, timeoutMs?, approversList?, approverRoleRefs?, approverGroupRefs?, profile?}`;
+/// input `artifactData` overrides the config's. Who may resolve is enforced by the HTTP layer
+/// (`api::approvers`, `api::interrupts`).
 pub struct ApprovalGate;
 
 impl ApprovalGate {
     fn check(config: &Value) -> Result<(), String> {
-        for k in ["title", "description", "artifactId", "artifactType"] {
+        for k in [
+            "title",
+            "description",
+            "artifactId",
+            "artifactType",
+            "profile",
+        ] {
             opt_string(config, k)?;
+        }
+        for k in ["approversList", "approverRoleRefs", "approverGroupRefs"] {
+            match config.get(k) {
+                None | Some(Value::Null) => {}
+                Some(Value::Array(a)) if a.iter().all(Value::is_string) => {}
+                Some(_) => return Err(format!("config.{k} must be an array of strings")),
+            }
+        }
+        match config.get("profile").and_then(Value::as_str) {
+            None | Some(crate::api::approvers::AUTH_REQUIRED_PROFILE) => {}
+            Some(p) => {
+                return Err(format!(
+                    "config.profile '{p}' is not an interrupt profile this host implements"
+                ))
+            }
         }
         if let Some(a) = config.get("actions") {
             let arr = a
@@ -96,6 +119,9 @@ impl ApprovalGate {
         for k in [
             "description",
             "approversList",
+            "approverRoleRefs",
+            "approverGroupRefs",
+            "profile",
             "rejectionPolicy",
             "requiredApprovals",
         ] {
