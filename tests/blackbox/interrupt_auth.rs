@@ -51,6 +51,12 @@ fn token_path(snap: &Value) -> String {
     }
 }
 
+/// Accept through the signed token of a waiting snapshot (no bearer).
+async fn resolve_by_token(h: &Host, snap: &Value) -> (StatusCode, Value) {
+    let req = h.anon(Method::POST, &token_path(snap)).json(&ACCEPT());
+    read(req.send().await.unwrap()).await
+}
+
 async fn resolve(h: &Host, key: Option<&str>, run_id: &str, node: &str) -> (StatusCode, Value) {
     let path = format!("/v1/runs/{run_id}/interrupts/{node}");
     match key {
@@ -102,14 +108,7 @@ async fn auth_required_resume_needs_a_bearer_with_approvals_respond() {
         "another tenant's run is invisible: {body}"
     );
     // The profile elevates auth: the signed callback token no longer resolves this gate.
-    let (status, body) = read(
-        h.anon(Method::POST, &token_path(&snap))
-            .json(&ACCEPT())
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = resolve_by_token(&h, &snap).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_envelope(&body, "auth_elevation_required");
     let snap = waiting(&h, &low, &run_id).await;
@@ -133,6 +132,24 @@ async fn auth_required_resume_needs_a_bearer_with_approvals_respond() {
         .is_some_and(|d| d.starts_with("key-")));
 }
 
+/// Mint an `approvals:respond` key of tenant acme with `--role NAME` or `--group NAME`; the CLI
+/// echoes the membership.
+fn approver_with(config: &std::path::Path, flag: &str, name: &str) -> String {
+    let args = [
+        "mint",
+        "--tenant",
+        "acme",
+        "--scope",
+        "approvals:respond",
+        flag,
+        name,
+    ];
+    let out = crate::scopes::keys_cli(config, &args);
+    let field = if flag == "--role" { "roles" } else { "groups" };
+    assert_eq!(out[field], json!([name]), "{out}");
+    out["secret"].as_str().unwrap().to_string()
+}
+
 fn routed_gate(id: &str, routing: Value) -> Value {
     let mut config = json!({"title": "routed", "actions": ["accept", "reject"]});
     for (k, v) in routing.as_object().unwrap() {
@@ -153,33 +170,8 @@ async fn approvals_route_to_listed_principals_roles_and_groups_only() {
     let scopes = ["approvals:respond", "runs:*", "workflows:write"];
     let (named_id, named) = mint(&config, "acme", &scopes);
     let (_, bystander) = mint(&config, "acme", &scopes);
-    let role_out = crate::scopes::keys_cli(
-        &config,
-        &[
-            "mint",
-            "--tenant",
-            "acme",
-            "--scope",
-            "approvals:respond",
-            "--role",
-            "controller",
-        ],
-    );
-    let controller = role_out["secret"].as_str().unwrap().to_string();
-    assert_eq!(role_out["roles"], json!(["controller"]));
-    let group_out = crate::scopes::keys_cli(
-        &config,
-        &[
-            "mint",
-            "--tenant",
-            "acme",
-            "--scope",
-            "approvals:respond",
-            "--group",
-            "finance",
-        ],
-    );
-    let finance = group_out["secret"].as_str().unwrap().to_string();
+    let controller = approver_with(&config, "--role", "controller");
+    let finance = approver_with(&config, "--group", "finance");
     let h = host_with_config(&config).await;
 
     let (_, disc) = h.get("/.well-known/openwop").await;
@@ -226,14 +218,7 @@ async fn approvals_route_to_listed_principals_roles_and_groups_only() {
             "{body}"
         );
         assert_eq!(body["details"]["approverRoleRefs"], json!(["controller"]));
-        let (status, body) = read(
-            h.anon(Method::POST, &token_path(&snap))
-                .json(&ACCEPT())
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, body) = resolve_by_token(&h, &snap).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
         waiting(&h, &named, &run_id).await;
 
