@@ -75,6 +75,7 @@ async fn well_known_is_public_and_complete() {
         "conformance-approval",
         "conformance-clarification",
         "conformance-interrupt-external-event",
+        "conformance-interrupt-auth-required",
     ] {
         assert!(
             fixtures.contains(&f.to_string()),
@@ -85,7 +86,6 @@ async fn well_known_is_public_and_complete() {
     // sub-workflows) must not be advertised, even when the node types are all core.*.
     for f in [
         "conformance-interrupt-quorum",
-        "conformance-interrupt-auth-required",
         "conformance-cap-breach",
         "conformance-run-duration-breach",
         "conformance-subworkflow-parent",

@@ -90,6 +90,14 @@ async fn auth_required_resume_needs_a_bearer_with_approvals_respond() {
             .contains(&json!(AUTH_REQUIRED)),
         "{disc}"
     );
+    let profiles = &disc["extensions"]["interrupts"]["profiles"];
+    assert!(
+        profiles
+            .as_array()
+            .unwrap()
+            .contains(&json!("openwop-interrupt-auth-required")),
+        "{disc}"
+    );
 
     let run_id = create_run_as(&h, &low, AUTH_REQUIRED).await;
     let snap = waiting(&h, &low, &run_id).await;
