@@ -388,3 +388,29 @@ async fn a_config_file_with_a_bad_key_entry_refuses_to_start() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("scope"), "names the problem: {stderr}");
 }
+
+#[tokio::test]
+async fn a_config_broken_while_serving_keeps_the_previous_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_path(&dir);
+    let (id, secret) = mint(&config, "acme", &["runs:read"]);
+    let good = std::fs::read_to_string(&config).unwrap();
+    let h = host_with_config(&config).await;
+    let path = "/v1/runs/run-none";
+    let (status, _) = call(&h, &secret, Method::GET, path, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "the key works");
+
+    // A half-written or mistyped file must not lock everyone out: the keys stay as they were
+    // across several reload periods.
+    std::fs::write(&config, "[[keys]]\nid = \"oops\"\n").unwrap();
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (status, body) = call(&h, &secret, Method::GET, path, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    }
+    // Once the file loads again its changes apply (here: the key's revocation).
+    std::fs::write(&config, good).unwrap();
+    keys_cli(&config, &["revoke", &id]);
+    let body = wait_for_status(&h, &secret, path, StatusCode::UNAUTHORIZED).await;
+    assert_envelope(&body, "key_revoked");
+}

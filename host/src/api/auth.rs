@@ -6,7 +6,7 @@
 //! without a restart.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
@@ -104,9 +104,8 @@ fn legacy_entry(key: &str) -> Entry {
     }
 }
 
-fn file_entries(path: &Path) -> Result<(Vec<Entry>, String), KeyFileError> {
-    let text = keys::file::read_text(path)?;
-    let entries = keys::file::parse(path, &text)?
+fn file_entries(path: &Path, text: &str) -> Result<Vec<Entry>, KeyFileError> {
+    let entries = keys::file::parse(path, text)?
         .into_iter()
         .filter_map(|k| {
             Some(Entry {
@@ -123,14 +122,17 @@ fn file_entries(path: &Path) -> Result<(Vec<Entry>, String), KeyFileError> {
             })
         })
         .collect();
-    Ok((entries, text))
+    Ok(entries)
 }
 
 pub struct KeyRing {
     legacy: Vec<Entry>,
     file: Option<PathBuf>,
-    /// The file's current entries and the text they were parsed from (to detect changes).
-    loaded: RwLock<(Arc<Vec<Entry>>, String)>,
+    /// The file's entries as last loaded successfully.
+    loaded: RwLock<Arc<Vec<Entry>>>,
+    /// The file's text as last read, loadable or not: a change is noticed (and a broken file
+    /// reported) once, not on every poll.
+    seen: Mutex<String>,
 }
 
 impl KeyRing {
@@ -139,17 +141,20 @@ impl KeyRing {
         KeyRing {
             legacy: legacy.iter().map(|k| legacy_entry(k)).collect(),
             file: None,
-            loaded: RwLock::new((Arc::new(Vec::new()), String::new())),
+            loaded: RwLock::new(Arc::new(Vec::new())),
+            seen: Mutex::new(String::new()),
         }
     }
 
     /// Legacy keys plus the `[[keys]]` of `config`. A file that does not load is an error here
     /// (at boot); later reloads keep the previous keys instead.
     pub fn with_file(legacy: &[String], config: &Path) -> Result<Self, KeyFileError> {
-        let (entries, text) = file_entries(config)?;
+        let text = keys::file::read_text(config)?;
+        let entries = file_entries(config, &text)?;
         let mut ring = KeyRing::new(legacy);
         ring.file = Some(config.to_path_buf());
-        ring.loaded = RwLock::new((Arc::new(entries), text));
+        ring.loaded = RwLock::new(Arc::new(entries));
+        ring.seen = Mutex::new(text);
         Ok(ring)
     }
 
@@ -158,14 +163,16 @@ impl KeyRing {
         let Some(path) = &self.file else {
             return Ok(false);
         };
-        let current = std::fs::read_to_string(path).unwrap_or_default();
-        if self.loaded.read().map(|g| g.1 == current).unwrap_or(false) {
-            return Ok(false);
+        let text = keys::file::read_text(path)?;
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if *seen == text {
+                return Ok(false);
+            }
+            seen.clone_from(&text);
         }
-        let (entries, text) = file_entries(path)?;
-        if let Ok(mut g) = self.loaded.write() {
-            *g = (Arc::new(entries), text);
-        }
+        let entries = file_entries(path, &text)?;
+        *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(entries);
         Ok(true)
     }
 
@@ -182,7 +189,9 @@ impl KeyRing {
             loop {
                 tick.tick().await;
                 let Some(ring) = ring.upgrade() else { break };
-                match ring.reload() {
+                // A small file, but still blocking I/O: keep it off the async workers.
+                let result = tokio::task::spawn_blocking(move || ring.reload()).await;
+                match result.unwrap_or(Ok(false)) {
                     Ok(true) => tracing::info!("API keys reloaded from the config file"),
                     Ok(false) => {}
                     Err(e) => {
@@ -196,7 +205,11 @@ impl KeyRing {
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthFailure> {
         let token = bearer(headers).ok_or(AuthFailure::Unauthenticated)?;
         let d = keys::digest(token);
-        let file = self.loaded.read().map(|g| g.0.clone()).unwrap_or_default();
+        let file = self
+            .loaded
+            .read()
+            .map(|g| g.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
         // Every entry is compared (constant time each), so timing does not reveal which matched.
         let mut found: Option<&Entry> = None;
         for e in self.legacy.iter().chain(file.iter()) {
