@@ -7,6 +7,7 @@ pub mod audit;
 #[cfg(test)]
 mod contract;
 pub mod interrupts;
+pub mod live;
 pub mod packs;
 pub mod postgres;
 pub(crate) mod rows;

@@ -9,24 +9,30 @@
 //!
 //! All writes go through a single connection, so SQLite never sees two writers (no
 //! `SQLITE_BUSY` storms) and transactions such as "check idempotency key, insert run" are
-//! serialised without any lock in the engine. Event appends are group-committed by a writer
-//! task (see [`append_loop`]).
+//! serialised without any lock in the engine. Run creation, event appends, run status changes
+//! and audit appends are group-committed by the writer thread (`sqlite/writer.rs`), which runs
+//! them on that same connection; the rows of the runs this process created are cached
+//! (`store/live.rs`), so **change `runs` rows only through those writer ops**, never with SQL of
+//! your own on `self.writer`.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::Utc;
 use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
-use tokio::sync::{mpsc, oneshot};
 
+use super::live::LiveRuns;
 use super::*;
 use crate::store::rows;
 
 mod packs;
+mod writer;
+use writer::{WriteOp, Writer};
 
 mod audit;
 mod interrupts;
@@ -37,153 +43,21 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations"
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
-    /// Appends go to the group-commit writer task.
-    appends: mpsc::Sender<AppendOp>,
+    /// Run creation, appends, status changes and audit appends: group-committed off sqlx's
+    /// per-statement hand-offs (see `writer.rs`).
+    hot: Writer,
+    /// Rows and short logs of the runs this process created (see `store/live.rs`).
+    live: Arc<LiveRuns>,
+    /// `get_workflow` results by (tenant asking, id). Only `put_workflow` changes workflows;
+    /// it invalidates this after its commit.
+    workflows: RwLock<WorkflowCache>,
 }
 
-/// Most appends committed in one transaction.
-const MAX_BATCH: usize = 256;
-
-struct AppendOp {
-    run_id: String,
-    events: Vec<NewEvent>,
-    update: Option<RunUpdate>,
-    reply: oneshot::Sender<StoreResult<Vec<EventRecord>>>,
-}
-
-/// Group commit: appends queued while a transaction is in flight are committed together in the
-/// next one (up to `MAX_BATCH`). Each caller is answered only after its commit, so
-/// "committed before acknowledged" holds; concurrent runs share one commit instead of paying
-/// one each. A batch that hits a database error is retried op by op, so one bad append cannot
-/// fail its neighbours.
-async fn append_loop(writer: SqlitePool, mut rx: mpsc::Receiver<AppendOp>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
-        let inputs: Vec<_> = batch
-            .iter()
-            .map(|op| (op.run_id.clone(), op.events.clone(), op.update.clone()))
-            .collect();
-        match commit_batch(&writer, inputs).await {
-            Ok(results) => {
-                for (op, r) in batch.into_iter().zip(results) {
-                    let _ = op.reply.send(r);
-                }
-            }
-            Err(e) if batch.len() == 1 => {
-                let op = batch.pop().unwrap();
-                let _ = op.reply.send(Err(e.into()));
-            }
-            Err(_) => {
-                for op in batch {
-                    let r = match commit_batch(
-                        &writer,
-                        vec![(op.run_id.clone(), op.events, op.update)],
-                    )
-                    .await
-                    {
-                        Ok(mut v) => v.pop().unwrap(),
-                        Err(e) => Err(e.into()),
-                    };
-                    let _ = op.reply.send(r);
-                }
-            }
-        }
-    }
-}
-
-type AppendInput = (String, Vec<NewEvent>, Option<RunUpdate>);
-
-/// One transaction for a batch of appends. The outer error aborts the whole batch (database
-/// failure); inner errors are per-append refusals that wrote nothing.
-async fn commit_batch(
-    writer: &SqlitePool,
-    batch: Vec<AppendInput>,
-) -> Result<Vec<StoreResult<Vec<EventRecord>>>, sqlx::Error> {
-    let mut tx = writer.begin().await?;
-    let mut results = Vec::with_capacity(batch.len());
-    for (run_id, events, update) in batch {
-        results.push(append_in_tx(&mut tx, &run_id, events, update).await?);
-    }
-    tx.commit().await?;
-    Ok(results)
-}
-
-async fn append_in_tx(
-    tx: &mut sqlx::SqliteConnection,
-    run_id: &str,
-    events: Vec<NewEvent>,
-    update: Option<RunUpdate>,
-) -> Result<StoreResult<Vec<EventRecord>>, sqlx::Error> {
-    // Refusals are decided before anything is written.
-    if let Err(e) = terminal_is_last(&events) {
-        return Ok(Err(e));
-    }
-    let row: Option<(i64, i64)> =
-        sqlx::query_as("SELECT next_sequence, terminal FROM runs WHERE run_id = ?")
-            .bind(run_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some((mut seq, terminal)) = row else {
-        return Ok(Err(StoreError::RunNotFound));
-    };
-    if terminal != 0 {
-        return Ok(Err(StoreError::RunTerminal));
-    }
-    let becomes_terminal = events
-        .last()
-        .map(|e| is_terminal_event(&e.event_type))
-        .unwrap_or(false);
-    let mut out = Vec::with_capacity(events.len());
-    for ev in events {
-        sqlx::query(
-            "INSERT INTO run_events (run_id, sequence, event_id, type, node_id, causation_id, payload, timestamp)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(run_id)
-        .bind(seq)
-        .bind(&ev.event_id)
-        .bind(&ev.event_type)
-        .bind(&ev.node_id)
-        .bind(&ev.causation_id)
-        .bind(ev.payload.to_string())
-        .bind(&ev.timestamp)
-        .execute(&mut *tx)
-        .await?;
-        out.push(ev.committed(run_id, seq));
-        seq += 1;
-    }
-    let u = update.unwrap_or_default();
-    let (set_node, node) = match u.current_node_id {
-        Some(n) => (1i64, n),
-        None => (0i64, None),
-    };
-    sqlx::query(
-        "UPDATE runs SET next_sequence = ?, terminal = ?, status = COALESCE(?, status),
-           current_node_id = CASE WHEN ? = 1 THEN ? ELSE current_node_id END,
-           error = COALESCE(?, error), outputs = COALESCE(?, outputs),
-           started_at = COALESCE(?, started_at), completed_at = COALESCE(?, completed_at), updated_at = ?
-         WHERE run_id = ?",
-    )
-    .bind(seq)
-    .bind(becomes_terminal as i64)
-    .bind(u.status)
-    .bind(set_node)
-    .bind(node)
-    .bind(u.error.map(|v| v.to_string()))
-    .bind(u.outputs.map(|v| v.to_string()))
-    .bind(u.started_at)
-    .bind(u.completed_at)
-    .bind(ts(Utc::now()))
-    .bind(run_id)
-    .execute(&mut *tx)
-    .await?;
-    Ok(Ok(out))
+#[derive(Default)]
+struct WorkflowCache {
+    /// Bumped by every `put_workflow`, so a lookup that raced one does not cache its result.
+    generation: u64,
+    map: HashMap<(String, String), StoredWorkflow>,
 }
 
 impl SqliteStore {
@@ -223,12 +97,14 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(base)
             .await?;
-        let (appends, rx) = mpsc::channel(4096);
-        tokio::spawn(append_loop(writer.clone(), rx));
+        let live = Arc::new(LiveRuns::new());
+        let hot = Writer::start(writer.clone(), live.clone())?;
         Ok(SqliteStore {
             writer,
             reader,
-            appends,
+            hot,
+            live,
+            workflows: RwLock::default(),
         })
     }
 }
@@ -264,10 +140,23 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        // Which tenants' lookups this changes depends on fallback to the shared tenant: drop
+        // every cached lookup of this id.
+        let mut cache = self.workflows.write().unwrap_or_else(|p| p.into_inner());
+        cache.generation += 1;
+        cache.map.retain(|(_, id), _| id != &wf.id);
         Ok(())
     }
 
     async fn get_workflow(&self, tenant: &str, id: &str) -> StoreResult<Option<StoredWorkflow>> {
+        let key = (tenant.to_string(), id.to_string());
+        let generation = {
+            let cache = self.workflows.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(wf) = cache.map.get(&key) {
+                return Ok(Some(wf.clone()));
+            }
+            cache.generation
+        };
         let row = sqlx::query(&format!(
             "SELECT {WORKFLOW_COLS} FROM workflows w JOIN workflow_versions v ON v.digest = w.digest WHERE w.id = ? AND w.tenant_id IN (?, '')
              ORDER BY w.tenant_id = '' LIMIT 1"
@@ -276,7 +165,15 @@ impl Store for SqliteStore {
         .bind(tenant)
         .fetch_optional(&self.reader)
         .await?;
-        row.as_ref().map(rows::workflow).transpose()
+        let wf = row.as_ref().map(rows::workflow).transpose()?;
+        if let Some(wf) = &wf {
+            let mut cache = self.workflows.write().unwrap_or_else(|p| p.into_inner());
+            // A `put_workflow` that committed after our read may have made `wf` stale.
+            if cache.generation == generation {
+                cache.map.insert(key, wf.clone());
+            }
+        }
+        Ok(wf)
     }
 
     async fn list_workflows(&self, tenant: &str) -> StoreResult<Vec<StoredWorkflow>> {
@@ -311,40 +208,16 @@ impl Store for SqliteStore {
         run: &RunRecord,
         idem: Option<&IdempotencyClaim>,
     ) -> StoreResult<CreateRunOutcome> {
-        let mut tx = self.writer.begin().await?;
-        if let Some(claim) = idem {
-            if let Some(outcome) = claimed_before(&mut tx, claim).await? {
-                tx.rollback().await?;
-                return Ok(outcome);
-            }
-        }
-        sqlx::query(
-            "INSERT INTO runs (run_id, workflow_id, definition_digest, tenant_id, principal_id, status, terminal,
-               inputs, variables, options, current_node_id, error, outputs, next_sequence, created_at, started_at,
-               completed_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, NULL, NULL, NULL, 0, ?, NULL, NULL, ?)",
-        )
-        .bind(&run.run_id)
-        .bind(&run.workflow_id)
-        .bind(&run.definition_digest)
-        .bind(&run.tenant_id)
-        .bind(&run.principal_id)
-        .bind(&run.status)
-        .bind(run.inputs.to_string())
-        .bind(run.variables.to_string())
-        .bind(run.options.to_string())
-        .bind(&run.created_at)
-        .bind(&run.updated_at)
-        .execute(&mut *tx)
-        .await?;
-        if let Some(claim) = idem {
-            record_claim(&mut tx, claim, &run.created_at).await?;
-        }
-        tx.commit().await?;
-        Ok(CreateRunOutcome::Created)
+        let (run, idem) = (run.clone(), idem.cloned());
+        self.hot
+            .call(|reply| WriteOp::CreateRun { run, idem, reply })
+            .await
     }
 
     async fn get_run(&self, run_id: &str) -> StoreResult<Option<RunRecord>> {
+        if let Some(run) = self.live.get(run_id) {
+            return Ok(Some(run));
+        }
         let row = sqlx::query("SELECT * FROM runs WHERE run_id = ?")
             .bind(run_id)
             .fetch_optional(&self.reader)
@@ -360,15 +233,14 @@ impl Store for SqliteStore {
     }
 
     async fn set_run_status(&self, run_id: &str, status: &str) -> StoreResult<bool> {
-        let r = sqlx::query(
-            "UPDATE runs SET status = ?, updated_at = ? WHERE run_id = ? AND terminal = 0",
-        )
-        .bind(status)
-        .bind(ts(Utc::now()))
-        .bind(run_id)
-        .execute(&self.writer)
-        .await?;
-        Ok(r.rows_affected() == 1)
+        let (run_id, status) = (run_id.to_string(), status.to_string());
+        self.hot
+            .call(|reply| WriteOp::SetStatus {
+                run_id,
+                status,
+                reply,
+            })
+            .await
     }
 
     async fn append_events(
@@ -377,19 +249,17 @@ impl Store for SqliteStore {
         events: Vec<NewEvent>,
         update: Option<RunUpdate>,
     ) -> StoreResult<Vec<EventRecord>> {
-        let (reply, rx) = oneshot::channel();
-        let op = AppendOp {
-            run_id: run_id.to_string(),
-            events,
-            update,
-            reply,
-        };
-        self.appends
-            .send(op)
+        let payloads = events.iter().map(|e| e.payload.to_string()).collect();
+        let run_id = run_id.to_string();
+        self.hot
+            .call(|reply| WriteOp::Append {
+                run_id,
+                events,
+                payloads,
+                update: update.unwrap_or_default(),
+                reply,
+            })
             .await
-            .map_err(|_| StoreError::Backend("event writer stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Backend("event writer stopped".into()))?
     }
 
     async fn list_events(
@@ -398,6 +268,9 @@ impl Store for SqliteStore {
         after: i64,
         limit: i64,
     ) -> StoreResult<Vec<EventRecord>> {
+        if let Some(events) = self.live.events(run_id, after, limit) {
+            return Ok(events);
+        }
         let rows = sqlx::query(
             "SELECT * FROM run_events WHERE run_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
         )

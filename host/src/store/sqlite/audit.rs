@@ -1,5 +1,6 @@
 //! SQLite implementation of [`AuditStore`]. Appends go through the single writer connection
-//! inside one transaction, so the chain can never fork.
+//! (the group-commit writer thread, `writer.rs`), each in its own savepoint, so the chain can
+//! never fork.
 
 use async_trait::async_trait;
 
@@ -14,28 +15,14 @@ impl AuditStore for SqliteStore {
         e: NewAuditEntry,
         hash: for<'h> fn(&'h AuditEntry) -> String,
     ) -> StoreResult<AuditEntry> {
-        let mut tx = self.writer.begin().await?;
-        let head: Option<(i64, String)> =
-            sqlx::query_as("SELECT seq, entry_hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut *tx)
-                .await?;
-        let entry = e.chained(head, hash);
-        sqlx::query(
-            "INSERT INTO audit_log (seq, occurred_at, actor, action, target, details, prev_hash, entry_hash)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(entry.seq)
-        .bind(&entry.occurred_at)
-        .bind(&entry.actor)
-        .bind(&entry.action)
-        .bind(&entry.target)
-        .bind(entry.details.to_string())
-        .bind(&entry.prev_hash)
-        .bind(&entry.entry_hash)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(entry)
+        // On the hot writer thread: every run creation records an entry.
+        self.hot
+            .call(|reply| super::WriteOp::Audit {
+                entry: e,
+                hash,
+                reply,
+            })
+            .await
     }
 
     async fn audit_head(&self) -> StoreResult<i64> {

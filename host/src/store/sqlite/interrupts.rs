@@ -1,10 +1,10 @@
-//! SQLite implementation of [`InterruptStore`]: the row change and the event append share the
-//! writer connection's transaction.
+//! SQLite implementation of [`InterruptStore`]: parking and closing run on the writer thread
+//! (`writer.rs`), the row change and the event append in one savepoint of its transaction.
 
-use super::{append_in_tx, SqliteStore};
+use super::{SqliteStore, WriteOp};
 use crate::store::interrupts::{CloseOutcome, InterruptClose, InterruptRecord, InterruptStore};
 use crate::store::rows;
-use crate::store::{EventRecord, NewEvent, RunUpdate, StoreError, StoreResult};
+use crate::store::{EventRecord, NewEvent, RunUpdate, StoreResult};
 use async_trait::async_trait;
 
 #[async_trait]
@@ -15,32 +15,17 @@ impl InterruptStore for SqliteStore {
         events: Vec<NewEvent>,
         update: RunUpdate,
     ) -> StoreResult<Vec<EventRecord>> {
-        let mut tx = self.writer.begin().await?;
-        sqlx::query(
-            "INSERT INTO interrupts (interrupt_id, run_id, node_id, interrupt_key, kind, status, data,
-               timeout_ms, token_kid, token_hash, inspect_token_hash, requested_event_id,
-               requested_at, token_expires_at, deadline_at)
-             VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&rec.interrupt_id)
-        .bind(&rec.run_id)
-        .bind(&rec.node_id)
-        .bind(&rec.key)
-        .bind(&rec.kind)
-        .bind(rec.data.to_string())
-        .bind(rec.timeout_ms)
-        .bind(&rec.token_kid)
-        .bind(&rec.token_hash)
-        .bind(&rec.inspect_token_hash)
-        .bind(&rec.requested_event_id)
-        .bind(&rec.requested_at)
-        .bind(&rec.token_expires_at)
-        .bind(&rec.deadline_at)
-        .execute(&mut *tx)
-        .await?;
-        let records = append_in_tx(&mut tx, &rec.run_id, events, Some(update)).await??;
-        tx.commit().await?;
-        Ok(records)
+        let payloads = events.iter().map(|e| e.payload.to_string()).collect();
+        let rec = Box::new(rec.clone());
+        self.hot
+            .call(|reply| WriteOp::ParkInterrupt {
+                rec,
+                events,
+                payloads,
+                update,
+                reply,
+            })
+            .await
     }
 
     async fn get_interrupt(&self, interrupt_id: &str) -> StoreResult<Option<InterruptRecord>> {
@@ -81,39 +66,18 @@ impl InterruptStore for SqliteStore {
         events: Vec<NewEvent>,
         update: RunUpdate,
     ) -> StoreResult<CloseOutcome> {
-        let mut tx = self.writer.begin().await?;
-        let row: Option<(String, String)> =
-            sqlx::query_as("SELECT run_id, status FROM interrupts WHERE interrupt_id = ?")
-                .bind(interrupt_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some((run_id, status)) = row else {
-            return Ok(CloseOutcome::NotFound);
-        };
-        if status != "pending" {
-            return Ok(CloseOutcome::NotPending(status));
-        }
-        sqlx::query(
-            "UPDATE interrupts SET status = ?, resolution = ?, resolved_by = ?, resolved_at = ?,
-               resumed_event_id = ? WHERE interrupt_id = ? AND status = 'pending'",
-        )
-        .bind(&close.status)
-        .bind(close.resolution.to_string())
-        .bind(&close.resolved_by)
-        .bind(&close.resolved_at)
-        .bind(&close.resumed_event_id)
-        .bind(interrupt_id)
-        .execute(&mut *tx)
-        .await?;
-        match append_in_tx(&mut tx, &run_id, events, Some(update)).await? {
-            Ok(records) => {
-                tx.commit().await?;
-                Ok(CloseOutcome::Closed(records))
-            }
-            // Dropping the transaction rolls the row change back.
-            Err(StoreError::RunTerminal) => Ok(CloseOutcome::RunTerminal),
-            Err(e) => Err(e),
-        }
+        let payloads = events.iter().map(|e| e.payload.to_string()).collect();
+        let (interrupt_id, close) = (interrupt_id.to_string(), close.clone());
+        self.hot
+            .call(|reply| WriteOp::CloseInterrupt {
+                interrupt_id,
+                close,
+                events,
+                payloads,
+                update,
+                reply,
+            })
+            .await
     }
 
     async fn cancel_interrupts(&self, run_id: &str) -> StoreResult<u64> {
