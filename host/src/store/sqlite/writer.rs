@@ -802,4 +802,50 @@ mod tests {
             CreateRunOutcome::Created
         ));
     }
+
+    /// `get_workflow` results are cached per (tenant, id); a later `put_workflow` of that id,
+    /// shared or tenant-owned, must show on the next lookup.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cached_workflow_lookups_see_later_puts() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path()).await;
+        let wf = |tenant: &str, digest: &str| StoredWorkflow {
+            tenant_id: tenant.into(),
+            id: "x".into(),
+            version: "1".into(),
+            digest: digest.into(),
+            definition: json!({"id": "x", "d": digest}),
+            source: "api".into(),
+            created_at: "t".into(),
+            updated_at: "t".into(),
+        };
+        let digest = |w: Option<StoredWorkflow>| w.map(|w| w.digest);
+        s.put_workflow(&wf(crate::store::SHARED_TENANT, "s1"))
+            .await
+            .unwrap();
+        assert_eq!(
+            digest(s.get_workflow("a", "x").await.unwrap()).as_deref(),
+            Some("s1")
+        );
+        assert_eq!(
+            digest(s.get_workflow("b", "x").await.unwrap()).as_deref(),
+            Some("s1")
+        );
+        s.put_workflow(&wf("a", "a1")).await.unwrap();
+        assert_eq!(
+            digest(s.get_workflow("a", "x").await.unwrap()).as_deref(),
+            Some("a1")
+        );
+        s.put_workflow(&wf(crate::store::SHARED_TENANT, "s2"))
+            .await
+            .unwrap();
+        assert_eq!(
+            digest(s.get_workflow("b", "x").await.unwrap()).as_deref(),
+            Some("s2")
+        );
+        assert_eq!(
+            digest(s.get_workflow("a", "x").await.unwrap()).as_deref(),
+            Some("a1")
+        );
+    }
 }
