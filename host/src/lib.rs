@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod authoring;
 pub mod bench;
 pub mod client;
 pub mod cluster;

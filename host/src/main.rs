@@ -53,6 +53,10 @@ enum PackCommand {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Run one node of the local pack in DIR in the real sandbox, with the
+    /// server's limits and grants; prints output, logs, fuel, memory and
+    /// duration. Exits 1 when the node fails, 2 when the pack cannot run.
+    Test(wopbox::authoring::local_test::PackTestArgs),
 }
 
 #[derive(Subcommand)]
@@ -157,6 +161,48 @@ fn report<E: std::fmt::Display>(result: Result<serde_json::Value, E>) -> ExitCod
     }
 }
 
+/// `wopbox pack test`: the report on stdout; on failure the spec's error
+/// code on stderr and a non-zero exit (1: the node failed, 2: the pack could
+/// not be run at all).
+async fn pack_test(args: &wopbox::authoring::local_test::PackTestArgs) -> ExitCode {
+    use wopbox::authoring::local_test::{render, run};
+    match run(args).await {
+        Ok(report) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            } else {
+                print!("{}", render(&report));
+            }
+            if report.succeeded() {
+                return ExitCode::SUCCESS;
+            }
+            let (code, message) = match &report.error {
+                Some(e) => (
+                    e["error"].as_str().unwrap_or("unknown").to_string(),
+                    e["message"].as_str().unwrap_or("").to_string(),
+                ),
+                None => (
+                    "wasm_suspend_not_implemented".to_string(),
+                    "the node asked to suspend; the server does not resume pack interrupts yet"
+                        .to_string(),
+                ),
+            };
+            eprintln!("error: {code}: {message}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            if args.json {
+                println!("{}", e.envelope());
+            }
+            eprintln!("error: {}: {e}", e.code());
+            ExitCode::from(2)
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
@@ -186,6 +232,7 @@ async fn main() -> anyhow::Result<ExitCode> {
                 .push_pack(&dir)
                 .await,
         )),
+        Command::Pack(PackCommand::Test(args)) => Ok(pack_test(&args).await),
         Command::Workflow(WorkflowCommand::Put { file, remote }) => Ok(report(
             Client::new(&remote.url, remote.api_key)
                 .put_workflow(&file)

@@ -4,6 +4,7 @@ mod harness;
 
 mod audit;
 mod auth;
+mod authoring;
 mod discovery;
 mod durability;
 mod engine;

@@ -174,7 +174,8 @@ fn find<'a>(events: &'a [Value], ty: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {ty} event in {events:#?}"))
 }
 
-fn wopbox(args: &[&str]) -> std::process::Output {
+/// Runs the `wopbox` binary with `args` (no server URL or key from the environment).
+pub fn wopbox(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_wopbox"))
         .args(args)
         .env_remove("WOPBOX_URL")

@@ -63,12 +63,23 @@ pub struct PackArgs {
 
 impl PackArgs {
     pub fn default_limits(&self) -> Limits {
-        let mut l = Limits::default();
-        l.wall_clock = Duration::from_millis(self.sandbox_wall_clock_ms.max(1));
-        l.memory_bytes = self.sandbox_memory_bytes.max(1 << 20);
-        l.fuel = (self.sandbox_fuel > 0).then_some(self.sandbox_fuel);
-        l
+        host_limits(
+            self.sandbox_wall_clock_ms,
+            self.sandbox_memory_bytes,
+            self.sandbox_fuel,
+        )
     }
+}
+
+/// The per-invocation defaults `wopbox serve` applies from its
+/// `--sandbox-*` flags (shared with `wopbox pack test`, which takes the same
+/// flags with the same defaults).
+pub fn host_limits(wall_clock_ms: u64, memory_bytes: u64, fuel: u64) -> Limits {
+    let mut l = Limits::default();
+    l.wall_clock = Duration::from_millis(wall_clock_ms.max(1));
+    l.memory_bytes = memory_bytes.max(1 << 20);
+    l.fuel = (fuel > 0).then_some(fuel);
+    l
 }
 
 /// Builds the sandbox and the pack registry, reloads stored packs, installs

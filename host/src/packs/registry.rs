@@ -194,6 +194,82 @@ fn to_sandbox_grants(g: &EffectiveGrants) -> Grants {
     }
 }
 
+/// The limits a pack runs under: host defaults, then the operator's
+/// policy (never the manifest, which can only lower memory).
+pub fn limits_for(defaults: &Limits, grants: &EffectiveGrants) -> Limits {
+    let mut l = defaults.clone();
+    if let Some(m) = grants.memory_limit_bytes {
+        l.memory_bytes = m;
+    }
+    if let Some(ms) = grants.wall_clock_limit_ms {
+        l.wall_clock = Duration::from_millis(ms);
+    }
+    if let Some(f) = grants.fuel {
+        l.fuel = Some(f);
+    }
+    l
+}
+
+/// What `policy` grants the pack `manifest` describes, or
+/// `pack_runtime_requirement_unmet` when its declared needs exceed that.
+pub fn granted(policy: &Policy, manifest: &PackManifest) -> Result<EffectiveGrants, PackError> {
+    let grants = policy.grants_for(&manifest.name);
+    let unmet = grants.unmet(&manifest.requires);
+    if !unmet.is_empty() {
+        return Err(PackError::RequirementUnmet { unmet });
+    }
+    Ok(grants)
+}
+
+/// Loads a pack's entry into the sandbox exactly as an install does (import
+/// gating against `grants`, ABI handshake, compile) and checks that the
+/// module provides the node types the manifest declares. Shared by the
+/// registry and `wopbox pack test`, so a local test runs what the server
+/// would run.
+pub async fn load_entry(
+    sandbox: &Sandbox,
+    manifest: &PackManifest,
+    entry: Vec<u8>,
+    grants: &EffectiveGrants,
+    limits: &Limits,
+) -> Result<Arc<LoadedPack>, PackError> {
+    let format = match manifest.runtime {
+        PackRuntime::Wasm => PackFormat::CoreModule,
+        PackRuntime::WasmComponent => PackFormat::Component,
+    };
+    let opts = LoadOptions {
+        format,
+        grants: to_sandbox_grants(grants),
+        name: Some(manifest.name.clone()),
+        manifest_abi_version: manifest.abi_version,
+        memory_pages_max: manifest.memory_pages_max,
+        limits: Some(limits.clone()),
+    };
+    let loaded = sandbox
+        .load(entry, opts)
+        .await
+        .map_err(|e| PackError::LoadFailure {
+            code: e.code().to_string(),
+            message: e.to_string(),
+            details: e.details(),
+        })?;
+
+    // The module is the authority on what it can run; the manifest must
+    // describe it truthfully.
+    let declared: BTreeSet<&str> = manifest.nodes.iter().map(|n| n.type_id.as_str()).collect();
+    let exported: BTreeSet<&str> = loaded.node_type_ids().iter().map(String::as_str).collect();
+    if declared != exported {
+        return Err(PackError::InvalidManifest {
+            path: "/nodes".into(),
+            message: format!(
+                "manifest declares {:?} but the module provides {:?}",
+                declared, exported
+            ),
+        });
+    }
+    Ok(loaded)
+}
+
 impl PackService {
     pub fn new(
         sandbox: Sandbox,
@@ -228,22 +304,6 @@ impl PackService {
 
     pub fn policy(&self) -> &Policy {
         &self.policy
-    }
-
-    /// The limits a pack runs under: host defaults, then the operator's
-    /// policy (never the manifest, which can only lower memory).
-    fn limits_for(&self, grants: &EffectiveGrants) -> Limits {
-        let mut l = self.settings.default_limits.clone();
-        if let Some(m) = grants.memory_limit_bytes {
-            l.memory_bytes = m;
-        }
-        if let Some(ms) = grants.wall_clock_limit_ms {
-            l.wall_clock = Duration::from_millis(ms);
-        }
-        if let Some(f) = grants.fuel {
-            l.fuel = Some(f);
-        }
-        l
     }
 
     /// The active pack providing `type_id` to `tenant`.
@@ -301,50 +361,11 @@ impl PackService {
         tarball_sha256: Option<String>,
         published_by: &str,
     ) -> Result<InstalledPack, PackError> {
-        let grants = self.policy.grants_for(&manifest.name);
-        let unmet = grants.unmet(&manifest.requires);
-        if !unmet.is_empty() {
-            return Err(PackError::RequirementUnmet { unmet });
-        }
+        let grants = granted(&self.policy, &manifest)?;
         self.check_conflicts(tenant, &manifest)?;
-
-        let format = match manifest.runtime {
-            PackRuntime::Wasm => PackFormat::CoreModule,
-            PackRuntime::WasmComponent => PackFormat::Component,
-        };
-        let limits = self.limits_for(&grants);
-        let opts = LoadOptions {
-            format,
-            grants: to_sandbox_grants(&grants),
-            name: Some(manifest.name.clone()),
-            manifest_abi_version: manifest.abi_version,
-            memory_pages_max: manifest.memory_pages_max,
-            limits: Some(limits.clone()),
-        };
         let entry_sha256 = hex_sha256(&entry);
-        let loaded = self
-            .sandbox
-            .load(entry, opts)
-            .await
-            .map_err(|e| PackError::LoadFailure {
-                code: e.code().to_string(),
-                message: e.to_string(),
-                details: e.details(),
-            })?;
-
-        // The module is the authority on what it can run; the manifest must
-        // describe it truthfully.
-        let declared: BTreeSet<&str> = manifest.nodes.iter().map(|n| n.type_id.as_str()).collect();
-        let exported: BTreeSet<&str> = loaded.node_type_ids().iter().map(String::as_str).collect();
-        if declared != exported {
-            return Err(PackError::InvalidManifest {
-                path: "/nodes".into(),
-                message: format!(
-                    "manifest declares {:?} but the module provides {:?}",
-                    declared, exported
-                ),
-            });
-        }
+        let limits = limits_for(&self.settings.default_limits, &grants);
+        let loaded = load_entry(&self.sandbox, &manifest, entry, &grants, &limits).await?;
         let record = PackRecord {
             tenant_id: tenant.to_string(),
             name: manifest.name.clone(),
