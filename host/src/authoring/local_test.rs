@@ -19,7 +19,7 @@ use wopbox_sandbox::{
     SandboxConfig, SandboxError,
 };
 
-use crate::packs::boot::host_limits;
+use crate::packs::boot::SandboxLimitArgs;
 use crate::packs::error::PackError;
 use crate::packs::manifest::{validate_manifest, PackManifest};
 use crate::packs::policy::{DirMode, EffectiveGrants, Policy, Preopen};
@@ -47,15 +47,8 @@ pub struct PackTestArgs {
     /// `env=KEY=VALUE`, `outbound=https://host`. Repeatable.
     #[arg(long = "grant", value_name = "GRANT")]
     pub grants: Vec<String>,
-    /// Wall-clock cap per invocation, in ms (as `wopbox serve`).
-    #[arg(long, default_value_t = 1000)]
-    pub sandbox_wall_clock_ms: u64,
-    /// Linear-memory cap per invocation, in bytes (as `wopbox serve`).
-    #[arg(long, default_value_t = 64 << 20)]
-    pub sandbox_memory_bytes: u64,
-    /// Fuel per invocation; 0 disables metering (as `wopbox serve`).
-    #[arg(long, default_value_t = 2_000_000_000)]
-    pub sandbox_fuel: u64,
+    #[command(flatten)]
+    pub limits: SandboxLimitArgs,
     /// Run the node this many times, each in a fresh instance as the server
     /// does, and report the duration of every run (the first output is shown).
     #[arg(long, default_value_t = 1)]
@@ -304,11 +297,7 @@ pub async fn run(args: &PackTestArgs) -> Result<PackTestReport, PackTestError> {
     };
     let policy = policy_with_grants(base, &manifest.name, &args.grants)?;
     let grants = granted(&policy, &manifest)?;
-    let defaults = host_limits(
-        args.sandbox_wall_clock_ms,
-        args.sandbox_memory_bytes,
-        args.sandbox_fuel,
-    );
+    let defaults = args.limits.limits();
     let limits = limits_for(&defaults, &grants);
 
     let entry = read(&args.dir.join(&manifest.entry))?;

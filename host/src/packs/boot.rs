@@ -38,16 +38,8 @@ pub struct PackArgs {
     /// Largest pack tarball accepted, in bytes (larger uploads get 413).
     #[arg(long, default_value_t = DEFAULT_MAX_PACK_BYTES)]
     pub max_pack_bytes: usize,
-    /// Default wall-clock cap per sandboxed node invocation, in ms (advertised as
-    /// `sandbox.wallClockLimitMs`; the policy may set it per pack).
-    #[arg(long, default_value_t = 1000)]
-    pub sandbox_wall_clock_ms: u64,
-    /// Default linear-memory cap per invocation, in bytes (`sandbox.memoryLimitBytes`).
-    #[arg(long, default_value_t = 64 << 20)]
-    pub sandbox_memory_bytes: u64,
-    /// Default fuel (deterministic CPU budget) per invocation; 0 disables metering.
-    #[arg(long, default_value_t = 2_000_000_000)]
-    pub sandbox_fuel: u64,
+    #[command(flatten)]
+    pub limits: SandboxLimitArgs,
     /// Sandboxed invocations running at once (default: number of CPUs).
     #[arg(long)]
     pub sandbox_concurrency: Option<usize>,
@@ -61,25 +53,36 @@ pub struct PackArgs {
     pub executor_key: Option<String>,
 }
 
-impl PackArgs {
-    pub fn default_limits(&self) -> Limits {
-        host_limits(
-            self.sandbox_wall_clock_ms,
-            self.sandbox_memory_bytes,
-            self.sandbox_fuel,
-        )
+/// The per-invocation defaults of `wopbox serve`, also taken by `wopbox pack
+/// test` (same flags, same defaults), so a local test meets the server's caps.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SandboxLimitArgs {
+    /// Default wall-clock cap per sandboxed node invocation, in ms (advertised as
+    /// `sandbox.wallClockLimitMs`; the policy may set it per pack).
+    #[arg(long, default_value_t = 1000)]
+    pub sandbox_wall_clock_ms: u64,
+    /// Default linear-memory cap per invocation, in bytes (`sandbox.memoryLimitBytes`).
+    #[arg(long, default_value_t = 64 << 20)]
+    pub sandbox_memory_bytes: u64,
+    /// Default fuel (deterministic CPU budget) per invocation; 0 disables metering.
+    #[arg(long, default_value_t = 2_000_000_000)]
+    pub sandbox_fuel: u64,
+}
+
+impl SandboxLimitArgs {
+    pub fn limits(&self) -> Limits {
+        let mut l = Limits::default();
+        l.wall_clock = Duration::from_millis(self.sandbox_wall_clock_ms.max(1));
+        l.memory_bytes = self.sandbox_memory_bytes.max(1 << 20);
+        l.fuel = (self.sandbox_fuel > 0).then_some(self.sandbox_fuel);
+        l
     }
 }
 
-/// The per-invocation defaults `wopbox serve` applies from its
-/// `--sandbox-*` flags (shared with `wopbox pack test`, which takes the same
-/// flags with the same defaults).
-pub fn host_limits(wall_clock_ms: u64, memory_bytes: u64, fuel: u64) -> Limits {
-    let mut l = Limits::default();
-    l.wall_clock = Duration::from_millis(wall_clock_ms.max(1));
-    l.memory_bytes = memory_bytes.max(1 << 20);
-    l.fuel = (fuel > 0).then_some(fuel);
-    l
+impl PackArgs {
+    pub fn default_limits(&self) -> Limits {
+        self.limits.limits()
+    }
 }
 
 /// Builds the sandbox and the pack registry, reloads stored packs, installs
