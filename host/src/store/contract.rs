@@ -89,6 +89,7 @@ contract!(
     audit_chain_links_and_never_forks,
     packs_and_blobs,
     interrupts_park_and_close_exactly_once,
+    child_runs_are_listed_under_their_parent,
 );
 
 fn wf(id: &str, digest: &str, version: &str) -> StoredWorkflow {
@@ -122,6 +123,8 @@ fn run(run_id: &str, digest: &str) -> RunRecord {
         started_at: None,
         completed_at: None,
         updated_at: "2026-01-01T00:00:00.000Z".into(),
+        parent_run_id: None,
+        parent_node_id: None,
     }
 }
 
@@ -1015,4 +1018,42 @@ async fn postgres_interrupt_resolution_is_not_fenced_but_parking_is() {
             .unwrap(),
         CloseOutcome::Closed(ref r) if r[0].sequence == 1
     ));
+}
+
+async fn child_runs_are_listed_under_their_parent(store: Arc<dyn Store>) {
+    with_run(&store, "parent").await;
+    for (id, node) in [("child-b", "n2"), ("child-a", "n1")] {
+        let mut child = run(id, "d1");
+        child.parent_run_id = Some("parent".into());
+        child.parent_node_id = Some(node.into());
+        store.create_run(&child, None).await.unwrap();
+    }
+    let kids = store.list_child_runs("parent").await.unwrap();
+    // Oldest first (created_at, then run id).
+    let got: Vec<_> = kids
+        .iter()
+        .map(|c| (c.run_id.as_str(), c.parent_node_id.as_str(), c.status.as_str()))
+        .collect();
+    assert_eq!(got, [("child-a", "n1", "pending"), ("child-b", "n2", "pending")]);
+    assert!(store.list_child_runs("child-a").await.unwrap().is_empty());
+    let child = store.get_run("child-a").await.unwrap().unwrap();
+    assert_eq!(child.parent_run_id.as_deref(), Some("parent"));
+    assert_eq!(child.parent_node_id.as_deref(), Some("n1"));
+    assert_eq!(store.get_run("parent").await.unwrap().unwrap().parent_run_id, None);
+
+    // Variable writes land with their event; an update without them keeps the bag.
+    let update = RunUpdate {
+        variables: Some(json!({"out": "v"})),
+        ..Default::default()
+    };
+    store
+        .append_events("parent", vec![NewEvent::new("variable.changed", json!({}))], Some(update))
+        .await
+        .unwrap();
+    store
+        .append_events("parent", vec![NewEvent::new("node.started", json!({}))], None)
+        .await
+        .unwrap();
+    let parent = store.get_run("parent").await.unwrap().unwrap();
+    assert_eq!(parent.variables, json!({"out": "v"}));
 }

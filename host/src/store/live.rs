@@ -135,6 +135,9 @@ pub fn apply_update(run: &mut RunRecord, u: &RunUpdate, now: &str) {
     if let Some(t) = &u.completed_at {
         run.completed_at = Some(t.clone());
     }
+    if let Some(v) = &u.variables {
+        run.variables = v.clone();
+    }
     run.updated_at = now.to_string();
 }
 
@@ -158,6 +161,8 @@ pub(crate) fn sample_run(id: &str, digest: &str) -> RunRecord {
         started_at: None,
         completed_at: None,
         updated_at: "c".into(),
+        parent_run_id: None,
+        parent_node_id: None,
     }
 }
 

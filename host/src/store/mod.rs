@@ -113,6 +113,9 @@ pub struct RunRecord {
     pub started_at: Option<String>,
     pub completed_at: Option<String>,
     pub updated_at: String,
+    /// Set on child runs started by `core.subWorkflow`: the dispatching run and node.
+    pub parent_run_id: Option<String>,
+    pub parent_node_id: Option<String>,
 }
 
 impl RunRecord {
@@ -144,6 +147,10 @@ impl RunRecord {
         }
         if let Some(o) = &self.outputs {
             m.insert("outputs".into(), o.clone());
+        }
+        if let (Some(p), Some(n)) = (&self.parent_run_id, &self.parent_node_id) {
+            m.insert("parentRunId".into(), json!(p));
+            m.insert("parentNodeId".into(), json!(n));
         }
         if let Value::Object(opts) = &self.options {
             for (k, v) in opts {
@@ -248,6 +255,9 @@ pub struct RunUpdate {
     pub outputs: Option<Value>,
     pub started_at: Option<String>,
     pub completed_at: Option<String>,
+    /// Replaces the run's variable bag (e.g. a `core.subWorkflow` outputMapping), committed
+    /// with the event that explains the change.
+    pub variables: Option<Value>,
 }
 
 impl RunUpdate {
@@ -256,6 +266,26 @@ impl RunUpdate {
             status: Some(s.to_string()),
             ..Default::default()
         }
+    }
+}
+
+/// A run started by `core.subWorkflow`, as listed on its parent (`RunSnapshot.childRuns`).
+#[derive(Debug, Clone)]
+pub struct ChildRun {
+    pub run_id: String,
+    pub workflow_id: String,
+    pub parent_node_id: String,
+    pub status: String,
+}
+
+impl ChildRun {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "runId": self.run_id,
+            "workflowId": self.workflow_id,
+            "parentNodeId": self.parent_node_id,
+            "status": self.status,
+        })
     }
 }
 
@@ -313,6 +343,9 @@ pub trait Store:
     /// Change a non-terminal run's status without an event (e.g. `cancelling`).
     /// Returns false when the run is already terminal or unknown.
     async fn set_run_status(&self, run_id: &str, status: &str) -> StoreResult<bool>;
+
+    /// Child runs whose `parent_run_id` is `parent_run_id`, oldest first.
+    async fn list_child_runs(&self, parent_run_id: &str) -> StoreResult<Vec<ChildRun>>;
 
     /// Append events (assigning gap-free sequences) and apply `update`, in one transaction.
     /// Refuses with [`StoreError::RunTerminal`] once the terminal event is in the log.

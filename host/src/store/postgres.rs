@@ -148,7 +148,8 @@ impl PgStore {
             "UPDATE runs SET next_sequence = $1, terminal = $2, status = COALESCE($3, status),
                current_node_id = CASE WHEN $4 THEN $5 ELSE current_node_id END,
                error = COALESCE($6, error), outputs = COALESCE($7, outputs),
-               started_at = COALESCE($8, started_at), completed_at = COALESCE($9, completed_at), updated_at = $10
+               started_at = COALESCE($8, started_at), completed_at = COALESCE($9, completed_at), updated_at = $10,
+               variables = COALESCE($12, variables)
              WHERE run_id = $11",
         )
         .bind(seq)
@@ -162,6 +163,7 @@ impl PgStore {
         .bind(u.completed_at)
         .bind(ts(Utc::now()))
         .bind(run_id)
+        .bind(u.variables.map(|v| v.to_string()))
         .execute(&mut **tx)
         .await?;
         if seq > first {
@@ -275,9 +277,10 @@ impl Store for PgStore {
         // The accepting process executes the run: it holds the lease from the start.
         sqlx::query(
             "INSERT INTO runs (run_id, workflow_id, definition_digest, tenant_id, principal_id, status, terminal,
-               inputs, variables, options, next_sequence, created_at, updated_at, lease_owner, lease_until)
+               inputs, variables, options, next_sequence, created_at, updated_at, lease_owner, lease_until,
+               parent_run_id, parent_node_id)
              VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $9, 0, $10, $11, $12,
-               clock_timestamp() + make_interval(secs => $13::double precision / 1000))",
+               clock_timestamp() + make_interval(secs => $13::double precision / 1000), $14, $15)",
         )
         .bind(&run.run_id)
         .bind(&run.workflow_id)
@@ -292,6 +295,8 @@ impl Store for PgStore {
         .bind(&run.updated_at)
         .bind(&self.me)
         .bind(self.ttl_ms())
+        .bind(&run.parent_run_id)
+        .bind(&run.parent_node_id)
         .execute(&mut *tx)
         .await?;
         if let Some(claim) = idem {
@@ -344,6 +349,17 @@ impl Store for PgStore {
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() == 1)
+    }
+
+    async fn list_child_runs(&self, parent_run_id: &str) -> StoreResult<Vec<ChildRun>> {
+        let rows = sqlx::query(
+            "SELECT run_id, workflow_id, parent_node_id, status FROM runs
+             WHERE parent_run_id = $1 ORDER BY created_at, run_id",
+        )
+        .bind(parent_run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::child_run).collect()
     }
 
     async fn append_events(

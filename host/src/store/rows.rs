@@ -7,7 +7,7 @@ use sqlx::Row;
 use super::audit::{AuditEntry, Checkpoint};
 use super::packs::PackRecord;
 use super::webhooks::{Delivery, Subscription};
-use super::{EventRecord, RunRecord, StoreResult, StoredWorkflow};
+use super::{ChildRun, EventRecord, RunRecord, StoreResult, StoredWorkflow};
 
 /// Typed column access over a backend's row type.
 pub(crate) trait Cols {
@@ -66,6 +66,17 @@ pub(crate) fn run<R: Cols>(r: &R) -> StoreResult<RunRecord> {
         started_at: r.opt_text("started_at")?,
         completed_at: r.opt_text("completed_at")?,
         updated_at: r.text("updated_at")?,
+        parent_run_id: r.opt_text("parent_run_id")?,
+        parent_node_id: r.opt_text("parent_node_id")?,
+    })
+}
+
+pub(crate) fn child_run<R: Cols>(r: &R) -> StoreResult<ChildRun> {
+    Ok(ChildRun {
+        run_id: r.text("run_id")?,
+        workflow_id: r.text("workflow_id")?,
+        parent_node_id: r.opt_text("parent_node_id")?.unwrap_or_default(),
+        status: r.text("status")?,
     })
 }
 

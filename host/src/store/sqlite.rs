@@ -243,6 +243,17 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn list_child_runs(&self, parent_run_id: &str) -> StoreResult<Vec<ChildRun>> {
+        let rows = sqlx::query(
+            "SELECT run_id, workflow_id, parent_node_id, status FROM runs
+             WHERE parent_run_id = ? ORDER BY created_at, run_id",
+        )
+        .bind(parent_run_id)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(rows::child_run).collect()
+    }
+
     async fn append_events(
         &self,
         run_id: &str,

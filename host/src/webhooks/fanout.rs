@@ -83,6 +83,8 @@ mod tests {
             started_at: None,
             completed_at: None,
             updated_at: "2026-01-01T00:00:00.000Z".into(),
+            parent_run_id: None,
+            parent_node_id: None,
         }
     }
 

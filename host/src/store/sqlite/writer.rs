@@ -420,8 +420,8 @@ fn create_run(
     db.prepare_cached(
         "INSERT INTO runs (run_id, workflow_id, definition_digest, tenant_id, principal_id, status, terminal,
            inputs, variables, options, current_node_id, error, outputs, next_sequence, created_at, started_at,
-           completed_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, NULL, NULL, NULL, 0, ?10, NULL, NULL, ?11)",
+           completed_at, updated_at, parent_run_id, parent_node_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, NULL, NULL, NULL, 0, ?10, NULL, NULL, ?11, ?12, ?13)",
     )?
     .execute(params![
         run.run_id,
@@ -435,6 +435,8 @@ fn create_run(
         run.options.to_string(),
         run.created_at,
         run.updated_at,
+        run.parent_run_id,
+        run.parent_node_id,
     ])?;
     if let Some(claim) = idem {
         db.prepare_cached(
@@ -512,7 +514,8 @@ fn append(
         "UPDATE runs SET next_sequence = ?1, terminal = ?2, status = COALESCE(?3, status),
            current_node_id = CASE WHEN ?4 = 1 THEN ?5 ELSE current_node_id END,
            error = COALESCE(?6, error), outputs = COALESCE(?7, outputs),
-           started_at = COALESCE(?8, started_at), completed_at = COALESCE(?9, completed_at), updated_at = ?10
+           started_at = COALESCE(?8, started_at), completed_at = COALESCE(?9, completed_at), updated_at = ?10,
+           variables = COALESCE(?12, variables)
          WHERE run_id = ?11",
     )?
     .execute(params![
@@ -527,6 +530,7 @@ fn append(
         u.completed_at,
         now,
         run_id,
+        u.variables.as_ref().map(|v| v.to_string()),
     ])?;
     Ok(Ok(Done::Appended { records, now }))
 }
