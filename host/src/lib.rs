@@ -38,7 +38,7 @@ use store::Store;
 /// fixtures (e.g. `conformance-cap-breach`, which uses only `core.noop` but expects a recursion
 /// limit to be enforced) are skipped with a logged reason. Later subsystems extend the set with
 /// [`Host::support_fixtures`] when they implement what a fixture exercises.
-pub const CORE_FIXTURES: [&str; 7] = [
+pub const CORE_FIXTURES: [&str; 12] = [
     "conformance-noop",
     "conformance-failure",
     "conformance-idempotent",
@@ -46,6 +46,12 @@ pub const CORE_FIXTURES: [&str; 7] = [
     "conformance-delay",
     "conformance-cancellable",
     "conformance-identity",
+    // core.subWorkflow (engine/subworkflow.rs).
+    "conformance-subworkflow-parent",
+    "conformance-subworkflow-child",
+    "conformance-subworkflow-input-mapping",
+    "conformance-subworkflow-input-mapping-child",
+    "conformance-subworkflow-input-mapping-no-default",
 ];
 
 /// How often a serving host re-reads the config file's keys (a revocation applies this fast).
@@ -102,7 +108,14 @@ impl Host {
             Some(audit.clone()),
         );
         let engine = Engine::new(store.clone(), events.clone(), registry.clone(), interrupts);
+        engine::subworkflow::SubWorkflow::register(&engine);
         let discovery = Arc::new(Discovery::new(config.max_body_bytes));
+        // RFC 0022 §B: inputMapping on core.subWorkflow is honoured.
+        discovery.set_block(
+            "subWorkflow",
+            serde_json::json!({"inputMapping": true}),
+            true,
+        );
         let webhooks = webhooks::WebhookService::new(
             store.clone(),
             config.webhooks.clone(),

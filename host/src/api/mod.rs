@@ -11,6 +11,7 @@ pub mod events;
 pub mod execute;
 pub mod interrupts;
 pub mod packs;
+pub mod run_seams;
 pub mod runs;
 pub mod scopes;
 pub mod seams;

@@ -145,6 +145,8 @@ pub async fn create(
         started_at: None,
         completed_at: None,
         updated_at: now.clone(),
+        parent_run_id: None,
+        parent_node_id: None,
     };
     let response = json!({
         "runId": run_id,
@@ -220,6 +222,10 @@ pub async fn get(
             snap["interrupt"] = first.clone();
             snap["interrupts"] = Value::Array(pending);
         }
+    }
+    let children = st.engine.child_runs(&run.run_id).await?;
+    if !children.is_empty() {
+        snap["childRuns"] = Value::Array(children);
     }
     Ok(axum::Json(snap).into_response())
 }

@@ -6,6 +6,7 @@ pub mod expr;
 pub mod nodes;
 pub mod registry;
 mod scheduler;
+pub mod subworkflow;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -66,6 +67,60 @@ pub struct PreparedRun {
     pub variables: Value,
 }
 
+/// Why a run is being cancelled. A cascade from a parent run (`core.subWorkflow`) carries the
+/// parent's id so `run.cancelled` can say so (interrupt-profiles.md, cascade-cancel profile);
+/// direct cancellations never set it.
+#[derive(Debug, Clone)]
+pub struct CancelSignal {
+    pub reason: String,
+    pub parent_run_id: Option<String>,
+}
+
+impl CancelSignal {
+    pub fn direct(reason: impl Into<String>) -> Self {
+        CancelSignal {
+            reason: reason.into(),
+            parent_run_id: None,
+        }
+    }
+
+    /// One string for the cross-process cancel notice: a cascade appends `\u{1f}parentRunId`;
+    /// a direct reason has that separator blanked so it can never pose as a cascade.
+    pub fn to_wire(&self) -> String {
+        match &self.parent_run_id {
+            None => self.reason.replace(WIRE_SEP, " "),
+            Some(p) => format!("{}{WIRE_SEP}{p}", self.reason),
+        }
+    }
+
+    pub fn from_wire(s: &str) -> Self {
+        match s.split_once(WIRE_SEP) {
+            Some((reason, parent)) => CancelSignal {
+                reason: reason.to_string(),
+                parent_run_id: Some(parent.to_string()),
+            },
+            None => CancelSignal::direct(s),
+        }
+    }
+
+    /// The `run.cancelled` payload.
+    pub fn payload(&self) -> Value {
+        match &self.parent_run_id {
+            None => json!({"reason": self.reason, "cancelledBy": "client"}),
+            Some(p) => json!({"reason": self.reason, "cancelledBy": "parent", "parentRunId": p}),
+        }
+    }
+}
+
+const WIRE_SEP: char = '\u{1f}';
+
+/// A run executing in this process: its cancel signal and its live variable bag (the one the
+/// driver evaluates expressions against; writes go through the store first).
+struct LiveRun {
+    cancel: watch::Sender<Option<CancelSignal>>,
+    variables: Arc<tokio::sync::Mutex<Value>>,
+}
+
 pub enum CancelOutcome {
     /// Signalled a live run; it will append `run.cancelled` shortly.
     Cancelling,
@@ -81,8 +136,8 @@ pub struct Engine {
     registry: Arc<NodeRegistry>,
     interrupts: Arc<crate::interrupts::Interrupts>,
     graphs: RwLock<HashMap<String, Arc<Graph>>>,
-    /// Live runs → their cancel signal (reason). Held only for O(1) inserts/lookups.
-    active: Mutex<HashMap<String, watch::Sender<Option<String>>>>,
+    /// Live runs → their cancel signal and variables. Held only for O(1) inserts/lookups.
+    active: Mutex<HashMap<String, LiveRun>>,
     /// Set when the store is shared with other processes (Postgres): cancels of runs another
     /// process executes are routed to it.
     shared: std::sync::OnceLock<Arc<dyn SharedStore>>,
@@ -226,16 +281,23 @@ impl Engine {
 
     fn spawn(self: &Arc<Self>, run: RunRecord, resume: bool) {
         let initial = if run.status == "cancelling" {
-            Some("cancel requested before restart".to_string())
+            Some(CancelSignal::direct("cancel requested before restart"))
         } else {
             None
         };
         let (tx, rx) = watch::channel(initial);
-        self.active.lock().unwrap().insert(run.run_id.clone(), tx);
+        let variables = Arc::new(tokio::sync::Mutex::new(run.variables.clone()));
+        self.active.lock().unwrap().insert(
+            run.run_id.clone(),
+            LiveRun {
+                cancel: tx,
+                variables: variables.clone(),
+            },
+        );
         let engine = self.clone();
         tokio::spawn(async move {
             let run_id = run.run_id.clone();
-            match scheduler::drive(engine.clone(), run, resume, rx).await {
+            match scheduler::drive(engine.clone(), run, resume, rx, variables).await {
                 Ok(()) => {}
                 // Another process took the run over (our lease had expired): it finishes it.
                 Err(StoreError::LeaseLost) => {
@@ -290,6 +352,7 @@ impl Engine {
     pub async fn recover(self: &Arc<Self>) -> anyhow::Result<usize> {
         let runs = self.store.list_unfinished_runs().await?;
         let mut n = 0;
+        let mut orphans = Vec::new();
         for run in runs {
             // Our own lease may have lapsed (e.g. the database was unreachable for a while)
             // while the driver kept going: never start a second driver for the same run.
@@ -297,21 +360,95 @@ impl Engine {
                 continue;
             }
             tracing::info!(run_id = %run.run_id, status = %run.status, "resuming unfinished run");
+            if let Some(parent) = &run.parent_run_id {
+                orphans.push((run.run_id.clone(), parent.clone()));
+            }
             self.spawn(run, true);
             n += 1;
+        }
+        // A crash between a parent's end and its cascade leaves children running: finish the
+        // cascade now (a parent still running keeps its children).
+        for (child, parent) in orphans {
+            if let Some(p) = self.store.get_run(&parent).await? {
+                if p.is_terminal() {
+                    let signal = CancelSignal {
+                        reason: subworkflow::cascade_reason(&p.status).to_string(),
+                        parent_run_id: Some(parent),
+                    };
+                    self.cancel_with(&child, signal).await?;
+                }
+            }
         }
         Ok(n)
     }
 
-    /// Signal a run executing here to cancel (a request that arrived on another process).
-    pub fn cancel_local(&self, run_id: &str, reason: &str) -> bool {
+    /// Signal a run executing here to cancel (a request that arrived on another process;
+    /// `wire_reason` is [`CancelSignal::to_wire`]).
+    pub fn cancel_local(&self, run_id: &str, wire_reason: &str) -> bool {
         match self.active.lock().unwrap().get(run_id) {
-            Some(tx) => {
-                tx.send_replace(Some(reason.to_string()));
+            Some(live) => {
+                live.cancel
+                    .send_replace(Some(CancelSignal::from_wire(wire_reason)));
                 true
             }
             None => false,
         }
+    }
+
+    /// Overwrite some of a run's variables now (the `runs/{id}/variables` test seam; a live
+    /// run's expressions see the new values from its next scheduling pass). Each write is
+    /// logged as `variable.changed`. Refuses a terminal run with [`StoreError::RunTerminal`].
+    pub async fn set_variables(
+        &self,
+        run_id: &str,
+        writes: Map<String, Value>,
+    ) -> Result<Value, StoreError> {
+        let live = self
+            .active
+            .lock()
+            .unwrap()
+            .get(run_id)
+            .map(|l| l.variables.clone());
+        match live {
+            Some(vars) => {
+                let mut current = vars.lock().await;
+                let next = self.write_variables(run_id, &current, writes).await?;
+                *current = next.clone();
+                Ok(next)
+            }
+            None => {
+                let run = self
+                    .store
+                    .get_run(run_id)
+                    .await?
+                    .ok_or(StoreError::RunNotFound)?;
+                self.write_variables(run_id, &run.variables, writes).await
+            }
+        }
+    }
+
+    async fn write_variables(
+        &self,
+        run_id: &str,
+        current: &Value,
+        writes: Map<String, Value>,
+    ) -> Result<Value, StoreError> {
+        let mut next = current.as_object().cloned().unwrap_or_default();
+        let mut events = Vec::with_capacity(writes.len());
+        for (name, value) in writes {
+            events.push(NewEvent::new(
+                "variable.changed",
+                json!({"name": name, "value": value, "source": "test-seam"}),
+            ));
+            next.insert(name, value);
+        }
+        let next = Value::Object(next);
+        let update = RunUpdate {
+            variables: Some(next.clone()),
+            ..Default::default()
+        };
+        self.events.append(run_id, events, Some(update)).await?;
+        Ok(next)
     }
 
     pub async fn cancel(
@@ -320,7 +457,27 @@ impl Engine {
         reason: Option<String>,
     ) -> Result<CancelOutcome, StoreError> {
         let reason = reason.unwrap_or_else(|| "cancelled by client".to_string());
-        if self.cancel_local(run_id, &reason) {
+        self.cancel_with(run_id, CancelSignal::direct(reason)).await
+    }
+
+    /// Cancel a run for `signal`. A live run is signalled (its driver cascades to its children
+    /// and appends `run.cancelled`); an idle one is finished here, children included.
+    pub async fn cancel_with(
+        &self,
+        run_id: &str,
+        signal: CancelSignal,
+    ) -> Result<CancelOutcome, StoreError> {
+        let signalled = {
+            let active = self.active.lock().unwrap();
+            match active.get(run_id) {
+                Some(live) => {
+                    live.cancel.send_replace(Some(signal.clone()));
+                    true
+                }
+                None => false,
+            }
+        };
+        if signalled {
             self.store.set_run_status(run_id, "cancelling").await?;
             return Ok(CancelOutcome::Cancelling);
         }
@@ -334,7 +491,7 @@ impl Engine {
         // appends `run.cancelled` (or whoever takes the run over does, seeing `cancelling`).
         if let Some(shared) = self.shared.get() {
             if shared.other_executor(run_id).await?.is_some() {
-                return Ok(if shared.request_cancel(run_id, &reason).await? {
+                return Ok(if shared.request_cancel(run_id, &signal.to_wire()).await? {
                     CancelOutcome::Cancelling
                 } else {
                     let status = self.store.get_run(run_id).await?.map(|r| r.status);
@@ -342,10 +499,8 @@ impl Engine {
                 });
             }
         }
-        let ev = NewEvent::new(
-            "run.cancelled",
-            json!({"reason": reason, "cancelledBy": "client"}),
-        );
+        Box::pin(self.cancel_children(&run, None, "parent-cancelled")).await?;
+        let ev = NewEvent::new("run.cancelled", signal.payload());
         let update = RunUpdate {
             status: Some("cancelled".into()),
             current_node_id: Some(None),

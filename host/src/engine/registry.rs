@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 /// Who and where: identifies the invocation to the executor.
 #[derive(Debug, Clone)]
@@ -63,6 +63,9 @@ pub enum NodeOutcome {
 pub struct NodeResult {
     pub outcome: NodeOutcome,
     pub events: Vec<EmittedEvent>,
+    /// Run-variable writes to commit with a completed node (e.g. a sub-workflow's
+    /// `outputMapping`); ignored when the node fails.
+    pub variables: Map<String, Value>,
 }
 
 impl NodeResult {
@@ -82,6 +85,10 @@ impl NodeResult {
         }
         .into()
     }
+    pub fn with_variables(mut self, writes: Map<String, Value>) -> Self {
+        self.variables.extend(writes);
+        self
+    }
     pub fn with_event(mut self, event_type: impl Into<String>, payload: Value) -> Self {
         self.events.push(EmittedEvent {
             event_type: event_type.into(),
@@ -96,6 +103,7 @@ impl From<NodeOutcome> for NodeResult {
         NodeResult {
             outcome,
             events: Vec::new(),
+            variables: Map::new(),
         }
     }
 }

@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 
 use super::dag::{self, Graph, TriggerRule};
 use super::registry::{NodeContext, NodeInvocation, NodeOutcome, NodeResult};
-use super::Engine;
+use super::{CancelSignal, Engine};
 use crate::store::{ts, EventRecord, NewEvent, RunRecord, RunUpdate, StoreError};
 
 #[derive(Debug, Clone)]
@@ -40,7 +40,7 @@ enum NodeEnd {
 }
 
 enum Stop {
-    Cancel(String),
+    Cancel(CancelSignal),
     Fail {
         error: Value,
         node_id: Option<String>,
@@ -59,6 +59,9 @@ struct RunCtx {
     engine: Arc<Engine>,
     run: RunRecord,
     graph: Arc<Graph>,
+    /// The run's current variables (`run.variables` is the bag at start). Writers hold the
+    /// lock across the store commit so concurrent writes cannot lose each other.
+    variables: Arc<tokio::sync::Mutex<Value>>,
 }
 
 impl RunCtx {
@@ -88,7 +91,8 @@ pub(super) async fn drive(
     engine: Arc<Engine>,
     run: RunRecord,
     resume: bool,
-    mut cancel_rx: watch::Receiver<Option<String>>,
+    mut cancel_rx: watch::Receiver<Option<CancelSignal>>,
+    variables: Arc<tokio::sync::Mutex<Value>>,
 ) -> Result<(), StoreError> {
     let started = Instant::now();
     let graph = match engine.graph_for(&run.definition_digest).await {
@@ -130,6 +134,7 @@ pub(super) async fn drive(
         engine: engine.clone(),
         run,
         graph: graph.clone(),
+        variables,
     });
     let n = graph.nodes.len();
     let mut states = vec![NodeState::Pending; n];
@@ -206,6 +211,7 @@ pub(super) async fn drive(
                 let mut progressed = false;
                 // Built at most once per pass: outputs only change when tasks finish.
                 let mut outputs_ctx: Option<Value> = None;
+                let variables = ctx.variables.lock().await.clone();
                 for i in 0..n {
                     if !matches!(states[i], NodeState::Pending) {
                         continue;
@@ -216,7 +222,7 @@ pub(super) async fn drive(
                     }
                     progressed = true;
                     let scope: &Value =
-                        outputs_ctx.get_or_insert_with(|| expr_context(&ctx, &states));
+                        outputs_ctx.get_or_insert_with(|| expr_context(&ctx, &variables, &states));
                     let mut edge_states = Vec::with_capacity(inc.len());
                     let mut edge_inputs = Map::new();
                     let mut skip_note: Option<String> = None;
@@ -348,9 +354,9 @@ pub(super) async fn drive(
             }
             changed = cancel_rx.changed(), if stop.is_none() => {
                 if changed.is_ok() {
-                    if let Some(reason) = cancel_rx.borrow().clone() {
-                        stop = Some(Stop::Cancel(reason.clone()));
-                        let _ = node_cancel_tx.send(Some(reason));
+                    if let Some(signal) = cancel_rx.borrow().clone() {
+                        let _ = node_cancel_tx.send(Some(signal.reason.clone()));
+                        stop = Some(Stop::Cancel(signal));
                     }
                 }
             }
@@ -365,15 +371,21 @@ pub(super) async fn drive(
         }
     }
 
+    // Children of a run that ends early are cancelled before it ends (cascade-cancel).
+    if let Some(stop) = &stop {
+        let reason = match stop {
+            Stop::Cancel(_) => "parent-cancelled",
+            Stop::Fail { .. } => "parent-failed",
+        };
+        engine
+            .cancel_children(&ctx.run, Some(&graph), reason)
+            .await?;
+    }
     let duration_ms = started.elapsed().as_millis() as u64;
     let now = ts(Utc::now());
     let (event, update) = match stop {
-        Some(Stop::Cancel(reason)) => (
-            NewEvent::new(
-                "run.cancelled",
-                json!({"reason": reason, "cancelledBy": "client"}),
-            )
-            .caused_by(last_event.as_deref()),
+        Some(Stop::Cancel(signal)) => (
+            NewEvent::new("run.cancelled", signal.payload()).caused_by(last_event.as_deref()),
             RunUpdate {
                 status: Some("cancelled".into()),
                 ..Default::default()
@@ -510,7 +522,7 @@ fn rule_allows(rule: TriggerRule, edges: &[EdgeState]) -> bool {
 }
 
 /// The evaluation context for expressions: variables, upstream outputs, run facts.
-fn expr_context(ctx: &RunCtx, states: &[NodeState]) -> Value {
+fn expr_context(ctx: &RunCtx, variables: &Value, states: &[NodeState]) -> Value {
     let mut nodes = Map::new();
     for (i, st) in states.iter().enumerate() {
         if let NodeState::Done { output, .. } = st {
@@ -518,8 +530,8 @@ fn expr_context(ctx: &RunCtx, states: &[NodeState]) -> Value {
         }
     }
     json!({
-        "variables": ctx.run.variables,
-        "inputs": ctx.run.variables,
+        "variables": variables,
+        "inputs": variables,
         "nodes": nodes,
         "run": {"id": ctx.run.run_id, "runId": ctx.run.run_id, "workflowId": ctx.run.workflow_id, "tenantId": ctx.run.tenant_id},
     })
@@ -681,7 +693,7 @@ async fn run_node(
                             node_id: node.id.clone(),
                             tenant_id: ctx.run.tenant_id.clone(),
                             attempt,
-                            variables: ctx.run.variables.clone(),
+                            variables: ctx.variables.lock().await.clone(),
                         },
                     };
                     let fut = exec.execute(inv);
@@ -744,7 +756,12 @@ async fn run_node(
                         .node(&node.id)
                         .caused_by(Some(&started_id)),
                 );
-                let recs = ctx.append(events, None).await?;
+                let recs = if result.variables.is_empty() {
+                    ctx.append(events, None).await?
+                } else {
+                    commit_variable_writes(&ctx, &node.id, &started_id, result.variables, events)
+                        .await?
+                };
                 return Ok(NodeEnd::Done {
                     output,
                     event_id: recs.last().unwrap().event_id.clone(),
@@ -855,4 +872,42 @@ async fn park_and_wait(
             done.requested_event_id.clone(),
         )),
     })
+}
+
+/// Commit a completed node's variable writes with its events: one `variable.changed` per key
+/// before `node.completed`, and the new bag on the run row in the same transaction, so a
+/// restarted run resumes with exactly the variables its log explains.
+async fn commit_variable_writes(
+    ctx: &RunCtx,
+    node_id: &str,
+    started_id: &str,
+    writes: Map<String, Value>,
+    mut events: Vec<NewEvent>,
+) -> Result<Vec<EventRecord>, StoreError> {
+    let mut vars = ctx.variables.lock().await;
+    let mut next = match &*vars {
+        Value::Object(m) => m.clone(),
+        _ => Map::new(),
+    };
+    let completed = events.pop();
+    for (name, value) in writes {
+        events.push(
+            NewEvent::new(
+                "variable.changed",
+                json!({"name": name, "value": value, "nodeId": node_id}),
+            )
+            .node(node_id)
+            .caused_by(Some(started_id)),
+        );
+        next.insert(name, value);
+    }
+    events.extend(completed);
+    let next = Value::Object(next);
+    let update = RunUpdate {
+        variables: Some(next.clone()),
+        ..Default::default()
+    };
+    let recs = ctx.append(events, Some(update)).await?;
+    *vars = next;
+    Ok(recs)
 }

@@ -138,6 +138,7 @@ pub async fn attach(host: &mut Host, args: &PackArgs) -> anyhow::Result<Arc<Pack
         );
         let seams = crate::api::seams::Seams::load(sandbox, service.clone()).await;
         host.routers.push(crate::api::seams::router(seams));
+        host.routers.push(crate::api::run_seams::router());
     }
     Ok(service)
 }

@@ -1032,14 +1032,31 @@ async fn child_runs_are_listed_under_their_parent(store: Arc<dyn Store>) {
     // Oldest first (created_at, then run id).
     let got: Vec<_> = kids
         .iter()
-        .map(|c| (c.run_id.as_str(), c.parent_node_id.as_str(), c.status.as_str()))
+        .map(|c| {
+            (
+                c.run_id.as_str(),
+                c.parent_node_id.as_str(),
+                c.status.as_str(),
+            )
+        })
         .collect();
-    assert_eq!(got, [("child-a", "n1", "pending"), ("child-b", "n2", "pending")]);
+    assert_eq!(
+        got,
+        [("child-a", "n1", "pending"), ("child-b", "n2", "pending")]
+    );
     assert!(store.list_child_runs("child-a").await.unwrap().is_empty());
     let child = store.get_run("child-a").await.unwrap().unwrap();
     assert_eq!(child.parent_run_id.as_deref(), Some("parent"));
     assert_eq!(child.parent_node_id.as_deref(), Some("n1"));
-    assert_eq!(store.get_run("parent").await.unwrap().unwrap().parent_run_id, None);
+    assert_eq!(
+        store
+            .get_run("parent")
+            .await
+            .unwrap()
+            .unwrap()
+            .parent_run_id,
+        None
+    );
 
     // Variable writes land with their event; an update without them keeps the bag.
     let update = RunUpdate {
@@ -1047,11 +1064,19 @@ async fn child_runs_are_listed_under_their_parent(store: Arc<dyn Store>) {
         ..Default::default()
     };
     store
-        .append_events("parent", vec![NewEvent::new("variable.changed", json!({}))], Some(update))
+        .append_events(
+            "parent",
+            vec![NewEvent::new("variable.changed", json!({}))],
+            Some(update),
+        )
         .await
         .unwrap();
     store
-        .append_events("parent", vec![NewEvent::new("node.started", json!({}))], None)
+        .append_events(
+            "parent",
+            vec![NewEvent::new("node.started", json!({}))],
+            None,
+        )
         .await
         .unwrap();
     let parent = store.get_run("parent").await.unwrap().unwrap();
