@@ -21,6 +21,7 @@ mod remote;
 mod runs;
 mod sandbox_seam;
 mod scopes;
+mod subworkflows;
 mod tenancy;
 mod webhooks;
 mod workflows;
