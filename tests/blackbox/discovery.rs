@@ -83,12 +83,12 @@ async fn well_known_is_public_and_complete() {
         );
     }
     // Unimplemented semantics (quorum, recursion limit, run-duration cap, agents,
-    // sub-workflows) must not be advertised, even when the node types are all core.*.
+    // sub-workflow children that wait on an approval) must not be advertised, even when the node types are all core.*.
     for f in [
         "conformance-interrupt-quorum",
         "conformance-cap-breach",
         "conformance-run-duration-breach",
-        "conformance-subworkflow-parent",
+        "conformance-subworkflow-mid-run-mutation",
         "conformance-agent-identity",
     ] {
         assert!(
@@ -114,7 +114,8 @@ async fn well_known_is_public_and_complete() {
                     "core.identity",
                     "core.approvalGate",
                     "core.clarificationGate",
-                    "core.interrupt"
+                    "core.interrupt",
+                    "core.subWorkflow"
                 ]
                 .contains(&t),
                 "{f} uses {t}"
