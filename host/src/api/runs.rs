@@ -3,7 +3,6 @@
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
 use serde_json::{json, Map, Value};
 
 use super::auth::{Auth, Principal};
@@ -11,7 +10,7 @@ use super::body::{JsonBody, OptionalJsonBody};
 use super::error::ApiError;
 use super::AppState;
 use crate::engine::{canonical_json, sha256_hex, CancelOutcome, EngineError};
-use crate::store::{ts, CreateRunOutcome, IdempotencyClaim, RunRecord};
+use crate::store::{CreateRunOutcome, IdempotencyClaim, RunRecord};
 
 pub const REPLAY_HEADER: &str = "openwop-idempotent-replay";
 
@@ -126,28 +125,13 @@ pub async fn create(
         Err(EngineError::Store(e)) => return Err(e.into()),
     };
 
-    let now = ts(Utc::now());
-    let run_id = format!("run-{}", uuid::Uuid::now_v7());
-    let run = RunRecord {
-        run_id: run_id.clone(),
-        workflow_id: workflow_id.clone(),
-        definition_digest: prepared.workflow.digest.clone(),
-        tenant_id: principal.tenant.clone(),
-        principal_id: principal.id.clone(),
-        status: "pending".into(),
-        inputs: Value::Object(inputs),
-        variables: prepared.variables,
-        options: Value::Object(options),
-        current_node_id: None,
-        error: None,
-        outputs: None,
-        created_at: now.clone(),
-        started_at: None,
-        completed_at: None,
-        updated_at: now.clone(),
-        parent_run_id: None,
-        parent_node_id: None,
-    };
+    let run = prepared.into_record(
+        principal.tenant.clone(),
+        principal.id.clone(),
+        Value::Object(inputs),
+        Value::Object(options),
+    );
+    let (run_id, now) = (run.run_id.clone(), run.created_at.clone());
     let response = json!({
         "runId": run_id,
         "status": "pending",

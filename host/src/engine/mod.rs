@@ -67,6 +67,39 @@ pub struct PreparedRun {
     pub variables: Value,
 }
 
+impl PreparedRun {
+    /// The new run's record: a fresh id, status `pending`, no parent.
+    pub fn into_record(
+        self,
+        tenant_id: String,
+        principal_id: String,
+        inputs: Value,
+        options: Value,
+    ) -> RunRecord {
+        let now = ts(Utc::now());
+        RunRecord {
+            run_id: format!("run-{}", uuid::Uuid::now_v7()),
+            workflow_id: self.workflow.id,
+            definition_digest: self.workflow.digest,
+            tenant_id,
+            principal_id,
+            status: "pending".into(),
+            inputs,
+            variables: self.variables,
+            options,
+            current_node_id: None,
+            error: None,
+            outputs: None,
+            created_at: now.clone(),
+            started_at: None,
+            completed_at: None,
+            updated_at: now,
+            parent_run_id: None,
+            parent_node_id: None,
+        }
+    }
+}
+
 /// Why a run is being cancelled. A cascade from a parent run (`core.subWorkflow`) carries the
 /// parent's id so `run.cancelled` can say so (interrupt-profiles.md, cascade-cancel profile);
 /// direct cancellations never set it.

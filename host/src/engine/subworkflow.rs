@@ -15,7 +15,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::dag::Graph;
 use super::registry::{NodeExecutor, NodeInvocation, NodeOutcome, NodeResult};
 use super::{CancelSignal, Engine, EngineError};
-use crate::store::{is_terminal_status, ts, RunRecord, StoreError};
+use crate::store::{is_terminal_status, RunRecord, StoreError};
 
 pub const TYPE_ID: &str = "core.subWorkflow";
 
@@ -245,34 +245,21 @@ async fn find_or_start_child(
         }
         Err(EngineError::Store(e)) => return Err(e.into()),
     };
-    let mut variables = prepared.variables;
-    if let Value::Object(m) = &mut variables {
+    let mut prepared = prepared;
+    if let Value::Object(m) = &mut prepared.variables {
         for k in &unset {
             m.remove(k);
         }
     }
-    let now = ts(chrono::Utc::now());
-    let child = RunRecord {
-        run_id: format!("run-{}", uuid::Uuid::now_v7()),
-        workflow_id: config.workflow_id.clone(),
-        definition_digest: prepared.workflow.digest,
-        // A child belongs to its parent's tenant and acts for the parent's principal.
-        tenant_id: parent.tenant_id.clone(),
-        principal_id: parent.principal_id.clone(),
-        status: "pending".into(),
-        inputs: Value::Object(inputs),
-        variables,
-        options: json!({}),
-        current_node_id: None,
-        error: None,
-        outputs: None,
-        created_at: now.clone(),
-        started_at: None,
-        completed_at: None,
-        updated_at: now,
-        parent_run_id: Some(parent.run_id.clone()),
-        parent_node_id: Some(inv.ctx.node_id.clone()),
-    };
+    // A child belongs to its parent's tenant and acts for the parent's principal.
+    let mut child = prepared.into_record(
+        parent.tenant_id.clone(),
+        parent.principal_id.clone(),
+        Value::Object(inputs),
+        json!({}),
+    );
+    child.parent_run_id = Some(parent.run_id.clone());
+    child.parent_node_id = Some(inv.ctx.node_id.clone());
     store.create_run(&child, None).await?;
     let id = child.run_id.clone();
     engine.start(child);
