@@ -220,7 +220,12 @@ async fn find_or_start_child(
             None => unset.push(child_key.clone()),
         }
     }
-    let prepared = match engine.prepare_run(&config.workflow_id, &inputs).await {
+    // The child workflow is resolved as the parent's tenant sees it (its own definitions
+    // first, then the operator's shared ones).
+    let prepared = match engine
+        .prepare_run(&parent.tenant_id, &config.workflow_id, &inputs)
+        .await
+    {
         Ok(p) => p,
         Err(EngineError::WorkflowNotFound(id)) => {
             return Err(DispatchError::Node(failed(
