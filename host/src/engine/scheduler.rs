@@ -718,8 +718,16 @@ async fn run_node(
             Some(NodeResult {
                 outcome: NodeOutcome::Interrupt(req),
                 events,
+                variables,
             }) => match park_and_wait(&ctx, node, attempt, &req, &started_id, &mut cancel).await? {
-                Some((outcome, cause_id)) => (Some(NodeResult { outcome, events }), cause_id),
+                Some((outcome, cause_id)) => (
+                    Some(NodeResult {
+                        outcome,
+                        events,
+                        variables,
+                    }),
+                    cause_id,
+                ),
                 None => (None, started_id),
             },
             other => (other, started_id),
