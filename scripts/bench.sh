@@ -2,6 +2,8 @@
 # Rerunnable benchmarks (docs/performance.md). Loopback only.
 #
 #   bash scripts/bench.sh                # wopbox scenarios, each 3x, JSON lines on stdout
+#   bash scripts/bench.sh postgres       # load: SQLite vs Postgres with 1 and 2 processes
+#                                        # (throwaway cluster from scripts/pg.sh)
 #   PYHOST=/tmp/pyhost/examples/hosts/python bash scripts/bench.sh python
 #                                        # the same generator against the Python reference host
 #
@@ -13,7 +15,7 @@ CONCURRENCY=${CONCURRENCY:-32}
 DURATION=${DURATION:-10}
 FIXTURES=${FIXTURES:-/work/shared/conformance-fixtures}
 cargo build --release -p wopbox >&2
-BIN=target/release/wopbox
+BIN=${CARGO_TARGET_DIR:-target}/release/wopbox
 what=${1:-wopbox}
 
 case "$what" in
@@ -24,6 +26,20 @@ case "$what" in
     for i in $(seq "$REPEAT"); do $BIN bench --scenario memory; done
     for i in $(seq "$REPEAT"); do $BIN bench --scenario replay; done
     $BIN bench --scenario flood --concurrency "$CONCURRENCY" --duration "$DURATION"
+    ;;
+  postgres)
+    source scripts/pg.sh
+    trap pg_stop EXIT
+    pg_start
+    for i in $(seq "$REPEAT"); do
+      $BIN bench --scenario load --concurrency "$CONCURRENCY" --duration "$DURATION"
+      $BIN bench --scenario load --concurrency "$CONCURRENCY" --duration "$DURATION" \
+        --database "$WOPBOX_TEST_PG_URL" --processes 1
+      $BIN bench --scenario load --concurrency "$CONCURRENCY" --duration "$DURATION" \
+        --database "$WOPBOX_TEST_PG_URL" --processes 2
+      $BIN bench --scenario load --concurrency "$CONCURRENCY" --duration "$DURATION" \
+        --database "$WOPBOX_TEST_PG_URL" --processes 2 --cross-process-wait
+    done
     ;;
   python)
     : "${PYHOST:?set PYHOST to examples/hosts/python of an openwop-examples checkout}"
@@ -38,5 +54,5 @@ case "$what" in
         --workflow conformance-noop --concurrency "$CONCURRENCY" --duration "$DURATION"
     done
     ;;
-  *) echo "usage: $0 [wopbox|python]" >&2; exit 2 ;;
+  *) echo "usage: $0 [wopbox|postgres|python]" >&2; exit 2 ;;
 esac

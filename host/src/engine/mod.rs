@@ -520,17 +520,17 @@ impl Engine {
         if run.is_terminal() {
             return Ok(CancelOutcome::AlreadyTerminal(run.status));
         }
-        // Executed by another live process: mark it `cancelling` and tell that process, which
-        // appends `run.cancelled` (or whoever takes the run over does, seeing `cancelling`).
+        // Shared store, executed elsewhere: only the run's lease owner writes its log, so mark
+        // it `cancelling` and tell the owner, which appends `run.cancelled` — or, if the owner
+        // died, the process that takes the run over does (it resumes a `cancelling` run as
+        // cancelled).
         if let Some(shared) = self.shared.get() {
-            if shared.other_executor(run_id).await?.is_some() {
-                return Ok(if shared.request_cancel(run_id, &signal.to_wire()).await? {
-                    CancelOutcome::Cancelling
-                } else {
-                    let status = self.store.get_run(run_id).await?.map(|r| r.status);
-                    CancelOutcome::AlreadyTerminal(status.unwrap_or_default())
-                });
-            }
+            return Ok(if shared.request_cancel(run_id, &signal.to_wire()).await? {
+                CancelOutcome::Cancelling
+            } else {
+                let status = self.store.get_run(run_id).await?.map(|r| r.status);
+                CancelOutcome::AlreadyTerminal(status.unwrap_or_default())
+            });
         }
         Box::pin(self.cancel_children(&run, None, "parent-cancelled")).await?;
         let ev = NewEvent::new("run.cancelled", signal.payload());

@@ -689,7 +689,6 @@ async fn postgres_leases_fence_appends_and_expire_to_a_new_owner() {
         Err(StoreError::LeaseLost)
     ));
     assert!(b.list_unfinished_runs().await.unwrap().is_empty());
-    assert!(b.other_executor("run-l").await.unwrap().is_some());
     // Renewal keeps it; after the TTL without renewal B claims it and A is fenced.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let a_shared = pg_open(&url, 800).await; // a second handle cannot renew A's leases
@@ -716,9 +715,23 @@ async fn postgres_leases_fence_appends_and_expire_to_a_new_owner() {
         .await
         .unwrap();
     assert_eq!(recs[0].sequence, 1, "the log continues without a gap");
+    // Strict fencing: once B's lease lapses, a third process still cannot write before it
+    // claims the run.
+    let c = pg_open(&url, 800).await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(matches!(
+        c.append_events(
+            "run-l",
+            vec![NewEvent::new("node.started", json!({}))],
+            None
+        )
+        .await,
+        Err(StoreError::LeaseLost)
+    ));
     assert_eq!(b.renew_leases().await.unwrap(), 1);
     assert_eq!(b.release_leases().await.unwrap(), 1);
-    assert!(b.other_executor("run-l").await.unwrap().is_none());
+    let released = c.list_unfinished_runs().await.unwrap();
+    assert_eq!(released.len(), 1, "a released lease is claimable at once");
 }
 
 #[tokio::test]

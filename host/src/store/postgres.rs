@@ -86,7 +86,7 @@ impl PgStore {
     }
 
     /// Append inside `tx` (row-locked, gap-free sequences, NOTIFY on commit). `fenced`: refuse
-    /// unless this process holds the run's live lease — every engine append; an interrupt
+    /// unless this process is the run's lease owner — every engine append; an interrupt
     /// resolution is instead guarded by its own row and may come through any process.
     pub(crate) async fn append_in_tx(
         &self,
@@ -98,21 +98,21 @@ impl PgStore {
     ) -> StoreResult<Vec<EventRecord>> {
         terminal_is_last(&events)?;
         // The row lock serialises appends to one run across every process.
-        let row: Option<(i64, i64, Option<String>, bool)> = sqlx::query_as(
-            "SELECT next_sequence, terminal, lease_owner,
-                    COALESCE(lease_until >= clock_timestamp(), false)
-               FROM runs WHERE run_id = $1 FOR UPDATE",
+        let row: Option<(i64, i64, Option<String>)> = sqlx::query_as(
+            "SELECT next_sequence, terminal, lease_owner FROM runs WHERE run_id = $1 FOR UPDATE",
         )
         .bind(run_id)
         .fetch_optional(&mut **tx)
         .await?;
-        let Some((first, terminal, owner, live)) = row else {
+        let Some((first, terminal, owner)) = row else {
             return Err(StoreError::RunNotFound);
         };
         if terminal != 0 {
             return Err(StoreError::RunTerminal);
         }
-        if fenced && live && owner.as_deref().is_some_and(|o| o != self.me) {
+        // Only the lease owner writes, even once its lease expired: a stalled process whose run
+        // was claimed (or is about to be) must not write into a log it no longer folds.
+        if fenced && owner.as_deref().is_some_and(|o| o != self.me) {
             return Err(StoreError::LeaseLost);
         }
         let becomes_terminal = events
@@ -425,17 +425,6 @@ impl SharedStore for PgStore {
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected())
-    }
-
-    async fn other_executor(&self, run_id: &str) -> StoreResult<Option<String>> {
-        let row: Option<(Option<String>,)> = sqlx::query_as(
-            "SELECT lease_owner FROM runs
-              WHERE run_id = $1 AND terminal = 0 AND lease_until >= clock_timestamp()",
-        )
-        .bind(run_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.and_then(|r| r.0).filter(|o| *o != self.me))
     }
 
     async fn request_cancel(&self, run_id: &str, reason: &str) -> StoreResult<bool> {

@@ -43,8 +43,6 @@ pub trait SharedStore: Send + Sync + 'static {
     async fn renew_leases(&self) -> StoreResult<u64>;
     /// Expire this process's leases now (graceful shutdown), so others take over at once.
     async fn release_leases(&self) -> StoreResult<u64>;
-    /// The process holding a live lease on the run, unless it is this one.
-    async fn other_executor(&self, run_id: &str) -> StoreResult<Option<String>>;
     /// Mark the run `cancelling` and tell its executor, in one transaction. False if the run is
     /// terminal or unknown.
     async fn request_cancel(&self, run_id: &str, reason: &str) -> StoreResult<bool>;
