@@ -398,3 +398,231 @@ async fn two_processes_send_each_webhook_attempt_once() {
     );
     a.kill9();
 }
+
+/// How often `ty` occurs in the log.
+fn count(events: &[Value], ty: &str) -> usize {
+    events.iter().filter(|e| e["type"] == ty).count()
+}
+
+/// A parked run's resolution token (the signed-token surface's credential).
+fn token_of(snap: &Value) -> String {
+    snap["interrupt"]["interruptToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no interrupt token on {snap}"))
+        .to_string()
+}
+
+const APPROVAL: &str = "conformance-approval";
+const EXTERNAL: &str = "conformance-interrupt-external-event";
+const PARK: Duration = Duration::from_secs(10);
+
+fn accept() -> Value {
+    json!({"resumeValue": {"action": "accept"}})
+}
+
+fn matching_event() -> Value {
+    json!({"resumeValue": {"orderId": "fixture-order-1", "status": "completed", "externalReference": "x"}})
+}
+
+/// A resolved interrupt's run finished cleanly: asked once, its gate started once, resumed by
+/// the resolution, and `run.resumed` exactly `takeovers` times.
+fn assert_resolved_once(run: &str, events: &[Value], takeovers: usize) {
+    assert_event_log(run, events);
+    assert_no_duplicates(events);
+    let types = Host::event_types(events);
+    assert_eq!(count(events, "interrupt.requested"), 1, "{types:?}");
+    assert_eq!(count(events, "interrupt.resolved"), 1, "{types:?}");
+    assert_eq!(count(events, "node.started"), 1, "{types:?}");
+    assert_eq!(count(events, "run.resumed"), takeovers, "{types:?}");
+    assert_eq!(types.last().map(String::as_str), Some("run.completed"));
+}
+
+#[tokio::test]
+async fn an_interrupt_parked_on_one_process_is_resolved_through_another() {
+    let Some(db) = pg_database().await else {
+        return;
+    };
+    let mut a = Host::start_with(on(&db, None)).await;
+    let dir = a.data_dir.clone();
+    let _tmp = a.take_tmp();
+    let b = Host::start_with(on(&db, Some(dir))).await;
+
+    // Run-scoped surface: parked on A, resolved with a bearer on B; A (the owner) finishes it.
+    let approval = a.create_run(APPROVAL, json!({})).await;
+    a.wait_status(&approval, &["waiting-approval"], PARK).await;
+    let snap = b.wait_status(&approval, &["waiting-approval"], PARK).await;
+    assert_eq!(snap["interrupt"]["nodeId"], "gate", "B sees the interrupt");
+    let (s, body) = b
+        .post(&format!("/v1/runs/{approval}/interrupts/gate"), accept())
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["interrupt"]["outcome"], "accepted");
+    // A second resolution, now on A, loses: the row is no longer pending.
+    let (s, body) = a
+        .post(&format!("/v1/runs/{approval}/interrupts/gate"), accept())
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{body}");
+    assert_envelope(&body, "interrupt_already_resolved");
+
+    // Signed-token surface: the token minted on A resolves on B (no bearer).
+    let external = a.create_run(EXTERNAL, json!({})).await;
+    let snap = a.wait_status(&external, &["waiting-external"], PARK).await;
+    let token = token_of(&snap);
+    let (s, body) = read(
+        b.anon(Method::POST, &format!("/v1/interrupts/{token}"))
+            .json(&matching_event())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+
+    for run in [&approval, &external] {
+        let done = a.wait_terminal(run, PARK).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        // Nobody took the runs over: A executed them throughout.
+        assert_resolved_once(run, &b.events(run).await, 0);
+    }
+    a.kill9();
+}
+
+#[tokio::test]
+async fn a_run_parked_on_a_killed_process_resumes_and_finishes_on_another() {
+    let Some(db) = pg_database().await else {
+        return;
+    };
+    let mut a = Host::start_with(on(&db, None)).await;
+    let dir = a.data_dir.clone();
+    let _tmp = a.take_tmp();
+    let b = Host::start_with(on(&db, Some(dir))).await;
+
+    let early = a.create_run(APPROVAL, json!({})).await;
+    let late = a.create_run(APPROVAL, json!({})).await;
+    let external = a.create_run(EXTERNAL, json!({})).await;
+    for run in [&early, &late] {
+        a.wait_status(run, &["waiting-approval"], PARK).await;
+    }
+    let token = token_of(&a.wait_status(&external, &["waiting-external"], PARK).await);
+    let before = b.events(&late).await;
+    a.kill9();
+
+    // Resolved on B while A's lease has not yet lapsed: the resolution commits (it is guarded
+    // by the interrupt row, not the lease) and the run continues once B claims it.
+    let (s, body) = b
+        .post(&format!("/v1/runs/{early}/interrupts/gate"), accept())
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+
+    // Taken over while still parked: B re-parks it on the same interrupt (no new request)...
+    wait_for_event(&b, &late, "run.resumed").await;
+    let snap = b.wait_status(&late, &["waiting-approval"], PARK).await;
+    assert_eq!(snap["interrupt"]["nodeId"], "gate");
+    let after = b.events(&late).await;
+    assert_eq!(
+        &after[..before.len()],
+        &before[..],
+        "A's events kept verbatim"
+    );
+    // ...and a resolution on B finishes it there.
+    let (s, body) = b
+        .post(&format!("/v1/runs/{late}/interrupts/gate"), accept())
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    // The token A minted still resolves on B after the takeover.
+    wait_for_event(&b, &external, "run.resumed").await;
+    let (s, body) = read(
+        b.anon(Method::POST, &format!("/v1/interrupts/{token}"))
+            .json(&matching_event())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+
+    for run in [&early, &late, &external] {
+        let done = b.wait_terminal(run, Duration::from_secs(30)).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        assert_resolved_once(run, &b.events(run).await, 1);
+    }
+}
+
+#[tokio::test]
+async fn the_audit_chain_stays_valid_when_two_processes_append_at_once() {
+    let Some(db) = pg_database().await else {
+        return;
+    };
+    // Checkpoints by count and every second: both processes also mint checkpoints while the
+    // chain grows, at heads that differ between them.
+    let audited = |dir| {
+        let mut o = on(&db, dir);
+        o.extra_args.extend(
+            [
+                "--audit-checkpoint-entries",
+                "7",
+                "--audit-checkpoint-seconds",
+                "1",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        o
+    };
+    let mut a = Host::start_with(audited(None)).await;
+    let dir = a.data_dir.clone();
+    let _tmp = a.take_tmp();
+    let b = Host::start_with(audited(Some(dir))).await;
+    let (_, v) = b.get("/v1/audit/verify").await;
+    let head_before = v["toSeq"].as_i64().unwrap_or(0);
+
+    // Waves spread over a few seconds; in each, both hosts take run creations and refused
+    // bearers (both audited) all in flight together.
+    const WAVES: usize = 6;
+    const PER_WAVE: usize = 5;
+    let burst = |h: &Host| {
+        let creates = (0..PER_WAVE).map(|_| {
+            h.req(Method::POST, "/v1/runs")
+                .json(&json!({"workflowId": "conformance-noop", "inputs": {}}))
+                .send()
+        });
+        let refused = (0..PER_WAVE).map(|_| {
+            h.anon(Method::GET, "/v1/runs/run-nope")
+                .bearer_auth("not-a-key")
+                .send()
+        });
+        (
+            futures::future::join_all(creates),
+            futures::future::join_all(refused),
+        )
+    };
+    for _ in 0..WAVES {
+        let ((ca, ra), (cb, rb)) = (burst(&a), burst(&b));
+        let (ca, ra, cb, rb) = tokio::join!(ca, ra, cb, rb);
+        for r in ca.into_iter().chain(cb) {
+            assert_eq!(r.unwrap().status(), StatusCode::CREATED);
+        }
+        for r in ra.into_iter().chain(rb) {
+            assert_eq!(r.unwrap().status(), StatusCode::UNAUTHORIZED);
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    // Let both timers cover the tail.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    for h in [&a, &b] {
+        let (s, v) = h.get("/v1/audit/verify").await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["chainValid"], true, "{v}");
+        assert_eq!(v["checkpointsValid"], true, "{v}");
+        assert_eq!(v["anomalies"], json!([]), "{v}");
+        assert!(!v["checkpoints"].as_array().unwrap().is_empty(), "{v}");
+        // Nothing lost or written twice: one entry per audited request.
+        assert_eq!(
+            v["toSeq"].as_i64().unwrap() - head_before,
+            (4 * WAVES * PER_WAVE) as i64,
+            "{v}"
+        );
+    }
+    a.kill9();
+}
