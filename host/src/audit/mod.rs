@@ -98,43 +98,48 @@ impl AuditLog {
     /// entry threshold is reached or `force` (the timer) is set.
     pub async fn checkpoint_if_due(&self, force: bool) -> StoreResult<Option<Checkpoint>> {
         let _guard = self.minting.lock().await;
-        let head = self.store.audit_head().await?;
-        let last = self
-            .store
-            .audit_last_checkpoint()
-            .await?
-            .map(|c| c.at_sequence)
-            .unwrap_or(0);
-        let pending = head - last;
-        if pending <= 0 || (!force && pending < i64::from(self.settings.checkpoint_entries)) {
-            return Ok(None);
+        // Another process sharing the store may checkpoint between our read and our write; its
+        // checkpoint then stands and we start over from it.
+        loop {
+            let head = self.store.audit_head().await?;
+            let last = self
+                .store
+                .audit_last_checkpoint()
+                .await?
+                .map(|c| c.at_sequence)
+                .unwrap_or(0);
+            let pending = head - last;
+            if pending <= 0 || (!force && pending < i64::from(self.settings.checkpoint_entries)) {
+                return Ok(None);
+            }
+            // Never exceed the advertised interval: cut at last + interval even if more are pending.
+            let at = head.min(last + i64::from(self.settings.checkpoint_entries));
+            let mut leaves = Vec::with_capacity((at - last) as usize);
+            for e in self.store.audit_entries(last + 1, at).await? {
+                leaves.push(chain::entry_hash(&e));
+            }
+            if leaves.len() as i64 != at - last {
+                return Err(crate::store::StoreError::Backend(format!(
+                    "audit log has gaps in ({last}, {at}]; refusing to checkpoint a broken chain"
+                )));
+            }
+            let Some(root) = chain::merkle_root(&leaves) else {
+                return Ok(None);
+            };
+            let Some(signature) = self.signer.sign_root(&root) else {
+                return Ok(None);
+            };
+            let cp = Checkpoint {
+                checkpoint_id: format!("cp-{at}"),
+                at_sequence: at,
+                merkle_root: root,
+                signature,
+                created_at: ts(Utc::now()),
+            };
+            if self.store.audit_put_checkpoint(&cp, last).await? {
+                return Ok(Some(cp));
+            }
         }
-        // Never exceed the advertised interval: cut at last + interval even if more are pending.
-        let at = head.min(last + i64::from(self.settings.checkpoint_entries));
-        let mut leaves = Vec::with_capacity((at - last) as usize);
-        for e in self.store.audit_entries(last + 1, at).await? {
-            leaves.push(chain::entry_hash(&e));
-        }
-        if leaves.len() as i64 != at - last {
-            return Err(crate::store::StoreError::Backend(format!(
-                "audit log has gaps in ({last}, {at}]; refusing to checkpoint a broken chain"
-            )));
-        }
-        let Some(root) = chain::merkle_root(&leaves) else {
-            return Ok(None);
-        };
-        let Some(signature) = self.signer.sign_root(&root) else {
-            return Ok(None);
-        };
-        let cp = Checkpoint {
-            checkpoint_id: format!("cp-{at}"),
-            at_sequence: at,
-            merkle_root: root,
-            signature,
-            created_at: ts(Utc::now()),
-        };
-        self.store.audit_put_checkpoint(&cp).await?;
-        Ok(Some(cp))
     }
 
     /// Background task: checkpoint when enough entries accumulated, and on every interval tick

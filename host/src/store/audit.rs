@@ -86,5 +86,9 @@ pub trait AuditStore: Send + Sync {
     /// Checkpoints with `from <= at_sequence <= to`, ascending.
     async fn audit_checkpoints(&self, from: i64, to: i64) -> StoreResult<Vec<Checkpoint>>;
     async fn audit_last_checkpoint(&self) -> StoreResult<Option<Checkpoint>>;
-    async fn audit_put_checkpoint(&self, cp: &Checkpoint) -> StoreResult<()>;
+    /// Store `cp`, which covers the entries after `covers_after` (the previous checkpoint's
+    /// `at_sequence`, 0 for the first), only if that is still the last checkpoint; false when
+    /// another minter got there first. Verification reads each checkpoint as covering
+    /// (previous, at], so a checkpoint minted from a stale "last" must never be stored.
+    async fn audit_put_checkpoint(&self, cp: &Checkpoint, covers_after: i64) -> StoreResult<bool>;
 }

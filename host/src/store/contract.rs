@@ -612,13 +612,32 @@ async fn audit_chain_links_and_never_forks(store: Arc<dyn Store>) {
         signature: "sig".into(),
         created_at: "2026-01-01T00:00:00.000Z".into(),
     };
-    store.audit_put_checkpoint(&cp).await.unwrap();
+    assert!(store.audit_put_checkpoint(&cp, 0).await.unwrap());
     assert_eq!(
         store.audit_last_checkpoint().await.unwrap(),
         Some(cp.clone())
     );
+    // A minter that read the chain before cp-5 was stored covers (0, 8]: it must not be
+    // stored, or verification would read it as covering (5, 8] and fail.
+    let stale = audit::Checkpoint {
+        checkpoint_id: "cp-8".into(),
+        at_sequence: 8,
+        ..cp.clone()
+    };
+    assert!(!store.audit_put_checkpoint(&stale, 0).await.unwrap());
+    // The same range minted twice is stored once.
+    assert!(!store.audit_put_checkpoint(&cp, 0).await.unwrap());
+    let next = audit::Checkpoint {
+        checkpoint_id: "cp-9".into(),
+        at_sequence: 9,
+        ..cp.clone()
+    };
+    assert!(store.audit_put_checkpoint(&next, 5).await.unwrap());
     assert_eq!(store.audit_checkpoints(1, 4).await.unwrap(), vec![]);
-    assert_eq!(store.audit_checkpoints(5, 12).await.unwrap(), vec![cp]);
+    assert_eq!(
+        store.audit_checkpoints(5, 12).await.unwrap(),
+        vec![cp, next]
+    );
 }
 
 fn pack(name: &str, version: &str, created: &str) -> PackRecord {

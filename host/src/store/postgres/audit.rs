@@ -78,20 +78,29 @@ impl AuditStore for PgStore {
         row.as_ref().map(rows::checkpoint).transpose()
     }
 
-    async fn audit_put_checkpoint(&self, cp: &Checkpoint) -> StoreResult<()> {
-        // Two processes may mint the checkpoint for the same range at once; the first one
-        // stands (both signed the same Merkle root).
-        sqlx::query(
+    async fn audit_put_checkpoint(&self, cp: &Checkpoint, covers_after: i64) -> StoreResult<bool> {
+        // Two processes may mint at once, from the same last checkpoint but different heads
+        // (one on its timer, one on its count): under the chain's lock, only the first stands.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(AUDIT_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let r = sqlx::query(
             "INSERT INTO audit_checkpoints (checkpoint_id, at_sequence, merkle_root, signature, created_at)
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+             SELECT $1, $2, $3, $4, $5
+             WHERE (SELECT COALESCE(MAX(at_sequence), 0) FROM audit_checkpoints) = $6
+             ON CONFLICT DO NOTHING",
         )
         .bind(&cp.checkpoint_id)
         .bind(cp.at_sequence)
         .bind(&cp.merkle_root)
         .bind(&cp.signature)
         .bind(&cp.created_at)
-        .execute(&self.pool)
+        .bind(covers_after)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        tx.commit().await?;
+        Ok(r.rows_affected() == 1)
     }
 }

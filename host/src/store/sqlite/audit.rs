@@ -59,18 +59,20 @@ impl AuditStore for SqliteStore {
         row.as_ref().map(crate::store::rows::checkpoint).transpose()
     }
 
-    async fn audit_put_checkpoint(&self, cp: &Checkpoint) -> StoreResult<()> {
-        sqlx::query(
+    async fn audit_put_checkpoint(&self, cp: &Checkpoint, covers_after: i64) -> StoreResult<bool> {
+        let r = sqlx::query(
             "INSERT INTO audit_checkpoints (checkpoint_id, at_sequence, merkle_root, signature, created_at)
-             VALUES (?, ?, ?, ?, ?)",
+             SELECT ?, ?, ?, ?, ?
+             WHERE (SELECT COALESCE(MAX(at_sequence), 0) FROM audit_checkpoints) = ?",
         )
         .bind(&cp.checkpoint_id)
         .bind(cp.at_sequence)
         .bind(&cp.merkle_root)
         .bind(&cp.signature)
         .bind(&cp.created_at)
+        .bind(covers_after)
         .execute(&self.writer)
         .await?;
-        Ok(())
+        Ok(r.rows_affected() == 1)
     }
 }
