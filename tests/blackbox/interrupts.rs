@@ -594,6 +594,15 @@ async fn parked_runs_survive_kill9_and_clean_restart() {
         token,
         "the same token is valid after a restart"
     );
+    // The parked status survives from before the crash; the resume itself (`run.resumed`) is
+    // appended by the recovered run's task: wait for it before stopping the host again.
+    for run in [&approval, &external] {
+        let deadline = tokio::time::Instant::now() + T;
+        while !Host::event_types(&h.events(run).await).contains(&"run.resumed".to_string()) {
+            assert!(tokio::time::Instant::now() < deadline, "{run} never resumed");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
     let after = h.events(&approval).await;
     assert_eq!(
         &after[..before.len()],
