@@ -45,6 +45,18 @@ pub async fn pg_database() -> Option<String> {
     }
 }
 
+/// Two processes on one database sharing one data directory (API key, audit and interrupt
+/// token keys), each started with `opts(data_dir)` (`None` for the first). Keep the returned
+/// temp dir alive as long as the hosts.
+pub async fn two_processes(
+    opts: impl Fn(Option<PathBuf>) -> Options,
+) -> (Host, Host, Option<tempfile::TempDir>) {
+    let mut a = Host::start_with(opts(None)).await;
+    let tmp = a.take_tmp();
+    let b = Host::start_with(opts(Some(a.data_dir.clone()))).await;
+    (a, b, tmp)
+}
+
 /// `shared/conformance-fixtures` beside the repository (or `WOPBOX_FIXTURES_DIR`, for a
 /// checkout elsewhere, e.g. a git worktree).
 pub fn fixtures_dir() -> PathBuf {

@@ -599,7 +599,10 @@ async fn parked_runs_survive_kill9_and_clean_restart() {
     for run in [&approval, &external] {
         let deadline = tokio::time::Instant::now() + T;
         while !Host::event_types(&h.events(run).await).contains(&"run.resumed".to_string()) {
-            assert!(tokio::time::Instant::now() < deadline, "{run} never resumed");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{run} never resumed"
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }

@@ -153,10 +153,7 @@ async fn a_killed_process_runs_are_finished_by_another_without_duplicates() {
     let Some(db) = pg_database().await else {
         return;
     };
-    let mut a = Host::start_with(on(&db, None)).await;
-    let dir = a.data_dir.clone();
-    let _tmp = a.take_tmp();
-    let b = Host::start_with(on(&db, Some(dir))).await;
+    let (mut a, b, _tmp) = two_processes(|dir| on(&db, dir)).await;
 
     // Runs accepted by A; A executes them.
     let mut ids = Vec::new();
@@ -214,10 +211,7 @@ async fn processes_share_streams_cancels_and_idempotency_keys() {
     let Some(db) = pg_database().await else {
         return;
     };
-    let mut a = Host::start_with(on(&db, None)).await;
-    let dir = a.data_dir.clone();
-    let _tmp = a.take_tmp();
-    let b = Host::start_with(on(&db, Some(dir))).await;
+    let (mut a, b, _tmp) = two_processes(|dir| on(&db, dir)).await;
 
     // SSE on B of a run A executes: B has no driver for it, so only A's notifications can
     // bring the live events — including the terminal one that closes the stream.
@@ -301,10 +295,7 @@ async fn a_pack_uploaded_on_one_process_runs_on_another() {
     let Some(db) = pg_database().await else {
         return;
     };
-    let mut a = Host::start_with(on(&db, None)).await;
-    let dir = a.data_dir.clone();
-    let _tmp = a.take_tmp();
-    let b = Host::start_with(on(&db, Some(dir))).await;
+    let (mut a, b, _tmp) = two_processes(|dir| on(&db, dir)).await;
     a.install_rfc0008(
         "vendor.test.shared",
         "1.0.0",
@@ -352,10 +343,7 @@ async fn two_processes_send_each_webhook_attempt_once() {
         );
         o
     };
-    let mut a = Host::start_with(hooks(None)).await;
-    let dir = a.data_dir.clone();
-    let _tmp = a.take_tmp();
-    let b = Host::start_with(hooks(Some(dir))).await;
+    let (mut a, b, _tmp) = two_processes(hooks).await;
     // The first 10 attempts fail, every later one succeeds.
     let rx = Receiver::start(&[500; 10], 204, Duration::ZERO).await;
     // Registered on B; the runs are executed (and fanned out) by A, and both processes drain
@@ -442,10 +430,7 @@ async fn an_interrupt_parked_on_one_process_is_resolved_through_another() {
     let Some(db) = pg_database().await else {
         return;
     };
-    let mut a = Host::start_with(on(&db, None)).await;
-    let dir = a.data_dir.clone();
-    let _tmp = a.take_tmp();
-    let b = Host::start_with(on(&db, Some(dir))).await;
+    let (mut a, b, _tmp) = two_processes(|dir| on(&db, dir)).await;
 
     // Run-scoped surface: parked on A, resolved with a bearer on B; A (the owner) finishes it.
     let approval = a.create_run(APPROVAL, json!({})).await;
@@ -492,10 +477,7 @@ async fn a_run_parked_on_a_killed_process_resumes_and_finishes_on_another() {
     let Some(db) = pg_database().await else {
         return;
     };
-    let mut a = Host::start_with(on(&db, None)).await;
-    let dir = a.data_dir.clone();
-    let _tmp = a.take_tmp();
-    let b = Host::start_with(on(&db, Some(dir))).await;
+    let (mut a, b, _tmp) = two_processes(|dir| on(&db, dir)).await;
 
     let early = a.create_run(APPROVAL, json!({})).await;
     let late = a.create_run(APPROVAL, json!({})).await;
@@ -569,10 +551,7 @@ async fn the_audit_chain_stays_valid_when_two_processes_append_at_once() {
         );
         o
     };
-    let mut a = Host::start_with(audited(None)).await;
-    let dir = a.data_dir.clone();
-    let _tmp = a.take_tmp();
-    let b = Host::start_with(audited(Some(dir))).await;
+    let (mut a, b, _tmp) = two_processes(audited).await;
     let (_, v) = b.get("/v1/audit/verify").await;
     let head_before = v["toSeq"].as_i64().unwrap_or(0);
 
