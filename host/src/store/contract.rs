@@ -1008,10 +1008,22 @@ async fn interrupts_park_and_close_exactly_once(store: Arc<dyn Store>) {
         store.get_interrupt("int_3").await.unwrap().unwrap().status,
         "pending"
     );
-    assert_eq!(store.cancel_interrupts("run-i").await.unwrap(), 1);
+    let cause = json!({"invalidatedBy": "parent-cancelled", "parentRunId": "p"});
+    assert_eq!(
+        store
+            .cancel_interrupts("run-i", Some(&cause))
+            .await
+            .unwrap(),
+        1
+    );
     let all = store.run_interrupts("run-i").await.unwrap();
     let states: Vec<&str> = all.iter().map(|r| r.status.as_str()).collect();
     assert_eq!(states, ["resolved", "cancelled"]);
+    // The cause is kept on the cancelled row only; the resolved one keeps its resolution.
+    assert_eq!(all[1].resolution, Some(cause));
+    assert_eq!(all[0].resolution, Some(json!({"action": "accept"})));
+    // Nothing is pending any more: a second cancel touches no row.
+    assert_eq!(store.cancel_interrupts("run-i", None).await.unwrap(), 0);
 }
 
 #[tokio::test]

@@ -83,6 +83,8 @@ pub trait InterruptStore: Send + Sync {
         events: Vec<NewEvent>,
         update: RunUpdate,
     ) -> StoreResult<CloseOutcome>;
-    /// Mark a run's pending interrupts `cancelled` (their tokens become invalid).
-    async fn cancel_interrupts(&self, run_id: &str) -> StoreResult<u64>;
+    /// Mark a run's pending interrupts `cancelled` (their tokens become invalid). `cause`, when
+    /// given, is kept as the row's `resolution` so a later resolve can say why (a cascade from
+    /// a parent run makes the interrupt gone rather than merely cancelled).
+    async fn cancel_interrupts(&self, run_id: &str, cause: Option<&Value>) -> StoreResult<u64>;
 }

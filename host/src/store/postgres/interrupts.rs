@@ -7,6 +7,7 @@ use crate::store::interrupts::{CloseOutcome, InterruptClose, InterruptRecord, In
 use crate::store::rows;
 use crate::store::{EventRecord, NewEvent, RunUpdate, StoreError, StoreResult};
 use async_trait::async_trait;
+use serde_json::Value;
 
 #[async_trait]
 impl InterruptStore for PgStore {
@@ -123,11 +124,13 @@ impl InterruptStore for PgStore {
         }
     }
 
-    async fn cancel_interrupts(&self, run_id: &str) -> StoreResult<u64> {
+    async fn cancel_interrupts(&self, run_id: &str, cause: Option<&Value>) -> StoreResult<u64> {
         let r = sqlx::query(
-            "UPDATE interrupts SET status = 'cancelled' WHERE run_id = $1 AND status = 'pending'",
+            "UPDATE interrupts SET status = 'cancelled', resolution = COALESCE($2, resolution)
+             WHERE run_id = $1 AND status = 'pending'",
         )
         .bind(run_id)
+        .bind(cause.map(Value::to_string))
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected())

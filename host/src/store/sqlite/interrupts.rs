@@ -6,6 +6,7 @@ use crate::store::interrupts::{CloseOutcome, InterruptClose, InterruptRecord, In
 use crate::store::rows;
 use crate::store::{EventRecord, NewEvent, RunUpdate, StoreResult};
 use async_trait::async_trait;
+use serde_json::Value;
 
 #[async_trait]
 impl InterruptStore for SqliteStore {
@@ -80,10 +81,12 @@ impl InterruptStore for SqliteStore {
             .await
     }
 
-    async fn cancel_interrupts(&self, run_id: &str) -> StoreResult<u64> {
+    async fn cancel_interrupts(&self, run_id: &str, cause: Option<&Value>) -> StoreResult<u64> {
         let r = sqlx::query(
-            "UPDATE interrupts SET status = 'cancelled' WHERE run_id = ? AND status = 'pending'",
+            "UPDATE interrupts SET status = 'cancelled', resolution = COALESCE(?, resolution)
+             WHERE run_id = ? AND status = 'pending'",
         )
+        .bind(cause.map(Value::to_string))
         .bind(run_id)
         .execute(&self.writer)
         .await?;
