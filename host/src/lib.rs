@@ -38,7 +38,7 @@ use store::Store;
 /// fixtures (e.g. `conformance-cap-breach`, which uses only `core.noop` but expects a recursion
 /// limit to be enforced) are skipped with a logged reason. Later subsystems extend the set with
 /// [`Host::support_fixtures`] when they implement what a fixture exercises.
-pub const CORE_FIXTURES: [&str; 12] = [
+pub const CORE_FIXTURES: [&str; 16] = [
     "conformance-noop",
     "conformance-failure",
     "conformance-idempotent",
@@ -52,6 +52,12 @@ pub const CORE_FIXTURES: [&str; 12] = [
     "conformance-subworkflow-input-mapping",
     "conformance-subworkflow-input-mapping-child",
     "conformance-subworkflow-input-mapping-no-default",
+    // Children that wait on an approval: the parent mirrors `waiting-approval`; a parent
+    // cancel cascades and invalidates the child's interrupt (tests/blackbox/interrupt_cascade.rs).
+    "conformance-subworkflow-mid-run-mutation",
+    "conformance-subworkflow-mid-run-mutation-child",
+    "conformance-interrupt-parent-child-cancel",
+    "conformance-interrupt-parent-child-cancel-child",
 ];
 
 /// How often a serving host re-reads the config file's keys (a revocation applies this fast).
@@ -136,6 +142,8 @@ impl Host {
         discovery.set_block("auth", audit.discovery_block(), false);
         // Who may resolve approvals (tests/blackbox/interrupt_auth.rs backs both claims).
         discovery.add_interrupt_profile(api::approvers::AUTH_REQUIRED_PROFILE);
+        // Parent cancel cascades into waiting children (tests/blackbox/interrupt_cascade.rs).
+        discovery.add_interrupt_profile(engine::subworkflow::CASCADE_CANCEL_PROFILE);
         discovery.set_block("interrupt", api::approvers::discovery_block(), false);
         let routers = vec![
             api::webhooks::router(webhooks.clone()),

@@ -65,6 +65,18 @@ pub fn api_error(e: ResolveError, via: Via) -> ApiError {
             "interrupt_already_resolved",
             "the token was invalidated when its run ended",
         ),
+        // interrupt-profiles.md (cascade-cancel): 410 on the run-scoped route; a token keeps
+        // RFC 0093's 409 for "invalidated by run cancel", which the profile also accepts.
+        ResolveError::Gone if via == Via::Run => new(
+            StatusCode::GONE,
+            "interrupt_gone",
+            "the interrupt was invalidated when the parent run cancelled this run",
+        ),
+        ResolveError::Gone => new(
+            StatusCode::CONFLICT,
+            "interrupt_already_resolved",
+            "the token was invalidated when the parent run cancelled this run",
+        ),
         ResolveError::InspectOnly => new(
             StatusCode::FORBIDDEN,
             "forbidden",

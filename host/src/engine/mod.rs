@@ -136,11 +136,19 @@ impl CancelSignal {
         }
     }
 
-    /// The `run.cancelled` payload.
-    pub fn payload(&self) -> Value {
+    /// The `run.cancelled` payload of `run`. A cascade names the parent run and the parent's
+    /// node that started this run (the cascade-cancel profile keeps that linkage on the event).
+    pub fn payload(&self, run: &RunRecord) -> Value {
         match &self.parent_run_id {
             None => json!({"reason": self.reason, "cancelledBy": "client"}),
-            Some(p) => json!({"reason": self.reason, "cancelledBy": "parent", "parentRunId": p}),
+            Some(p) => {
+                let mut v =
+                    json!({"reason": self.reason, "cancelledBy": "parent", "parentRunId": p});
+                if let Some(n) = &run.parent_node_id {
+                    v["parentNodeId"] = json!(n);
+                }
+                v
+            }
         }
     }
 }
@@ -404,11 +412,8 @@ impl Engine {
         for (child, parent) in orphans {
             if let Some(p) = self.store.get_run(&parent).await? {
                 if p.is_terminal() {
-                    let signal = CancelSignal {
-                        reason: subworkflow::cascade_reason(&p.status).to_string(),
-                        parent_run_id: Some(parent),
-                    };
-                    self.cancel_with(&child, signal).await?;
+                    self.cascade_into(&child, &parent, subworkflow::cascade_reason(&p.status))
+                        .await?;
                 }
             }
         }
@@ -533,7 +538,7 @@ impl Engine {
             });
         }
         Box::pin(self.cancel_children(&run, None, "parent-cancelled")).await?;
-        let ev = NewEvent::new("run.cancelled", signal.payload());
+        let ev = NewEvent::new("run.cancelled", signal.payload(&run));
         let update = RunUpdate {
             status: Some("cancelled".into()),
             current_node_id: Some(None),

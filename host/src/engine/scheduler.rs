@@ -385,7 +385,8 @@ pub(super) async fn drive(
     let now = ts(Utc::now());
     let (event, update) = match stop {
         Some(Stop::Cancel(signal)) => (
-            NewEvent::new("run.cancelled", signal.payload()).caused_by(last_event.as_deref()),
+            NewEvent::new("run.cancelled", signal.payload(&ctx.run))
+                .caused_by(last_event.as_deref()),
             RunUpdate {
                 status: Some("cancelled".into()),
                 ..Default::default()

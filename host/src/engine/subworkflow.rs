@@ -19,6 +19,9 @@ use crate::store::{is_terminal_status, RunRecord, StoreError};
 
 pub const TYPE_ID: &str = "core.subWorkflow";
 
+/// The interrupt profile this module implements (advertised in `extensions.interrupts`).
+pub const CASCADE_CANCEL_PROFILE: &str = "openwop-interrupt-cascade-cancel";
+
 /// Deepest parent → child nesting; a workflow that (indirectly) calls itself stops here.
 pub const MAX_DEPTH: usize = 16;
 
@@ -419,12 +422,28 @@ impl Engine {
             {
                 continue;
             }
-            let signal = CancelSignal {
-                reason: reason.to_string(),
-                parent_run_id: Some(parent.run_id.clone()),
-            };
-            self.cancel_with(&c.run_id, signal).await?;
+            self.cascade_into(&c.run_id, &parent.run_id, reason).await?;
         }
+        Ok(())
+    }
+
+    /// Cancel `child` because `parent_run_id` ended (`reason`): its open interrupts are
+    /// invalidated first (a later resolve answers "gone"), then the run is cancelled with
+    /// `run.cancelled{reason, parentRunId, parentNodeId}`.
+    pub(crate) async fn cascade_into(
+        &self,
+        child: &str,
+        parent_run_id: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        self.interrupts
+            .invalidate_for_parent(child, parent_run_id, reason)
+            .await?;
+        let signal = CancelSignal {
+            reason: reason.to_string(),
+            parent_run_id: Some(parent_run_id.to_string()),
+        };
+        self.cancel_with(child, signal).await?;
         Ok(())
     }
 

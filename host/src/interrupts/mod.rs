@@ -116,6 +116,10 @@ pub enum ResolveError {
     AlreadyResolved,
     #[error("the run was cancelled while the interrupt was pending")]
     Cancelled,
+    /// Invalidated by a cascade: the run's parent was cancelled (or failed) and took this run
+    /// down with it (interrupt-profiles.md, `openwop-interrupt-cascade-cancel`).
+    #[error("the interrupt was invalidated when the parent run cancelled this run")]
+    Gone,
     #[error("this token may only inspect the interrupt")]
     InspectOnly,
     #[error(transparent)]
@@ -324,7 +328,7 @@ impl Interrupts {
                     }
                 }
                 reason = &mut cancel => {
-                    self.store.cancel_interrupts(&rec.run_id).await?;
+                    self.store.cancel_interrupts(&rec.run_id, None).await?;
                     break WaitEnd::Cancelled(reason);
                 }
                 _ = sleep_until_opt(deadline) => self.expire(&cur).await?,
@@ -473,12 +477,39 @@ impl Interrupts {
         Ok((rec, claims.intent))
     }
 
+    /// Invalidate `run_id`'s open interrupts because `parent_run_id` is cascading its end into
+    /// it. Done before the run is signalled, so from this commit on a resolve of them is
+    /// refused as [`ResolveError::Gone`] (the run's own cancel then finds nothing pending).
+    pub async fn invalidate_for_parent(
+        &self,
+        run_id: &str,
+        parent_run_id: &str,
+        reason: &str,
+    ) -> Result<u64, StoreError> {
+        let cause = json!({"invalidatedBy": reason, "parentRunId": parent_run_id});
+        self.store.cancel_interrupts(run_id, Some(&cause)).await
+    }
+
+    /// Why a cancelled interrupt is closed: gone (a parent cascade) or plainly cancelled.
+    fn cancelled_error(rec: &InterruptRecord) -> ResolveError {
+        let by_parent = rec
+            .resolution
+            .as_ref()
+            .and_then(|r| r.get("parentRunId"))
+            .is_some();
+        if by_parent {
+            ResolveError::Gone
+        } else {
+            ResolveError::Cancelled
+        }
+    }
+
     /// Refuse a resolution of an interrupt that is no longer open.
     pub async fn check_open(&self, rec: &InterruptRecord) -> Result<(), ResolveError> {
         match rec.status.as_str() {
             "resolved" => return Err(ResolveError::AlreadyResolved),
             "expired" => return Err(ResolveError::Expired),
-            "cancelled" => return Err(ResolveError::Cancelled),
+            "cancelled" => return Err(Self::cancelled_error(rec)),
             _ => {}
         }
         match self.store.get_run(&rec.run_id).await? {
@@ -561,7 +592,14 @@ impl Interrupts {
                 self.wake(&rec.interrupt_id);
             }
             CloseOutcome::NotPending(s) if s == "expired" => return Err(ResolveError::Expired),
-            CloseOutcome::NotPending(s) if s == "cancelled" => return Err(ResolveError::Cancelled),
+            CloseOutcome::NotPending(s) if s == "cancelled" => {
+                // Cancelled between the check and the close: re-read to say why.
+                let now = self.store.get_interrupt(&rec.interrupt_id).await?;
+                return Err(now
+                    .as_ref()
+                    .map(Self::cancelled_error)
+                    .unwrap_or(ResolveError::Cancelled));
+            }
             CloseOutcome::NotPending(_) => return Err(ResolveError::AlreadyResolved),
             CloseOutcome::RunTerminal => return Err(ResolveError::Cancelled),
             CloseOutcome::NotFound => return Err(ResolveError::NotFound),
