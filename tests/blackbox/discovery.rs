@@ -76,19 +76,22 @@ async fn well_known_is_public_and_complete() {
         "conformance-clarification",
         "conformance-interrupt-external-event",
         "conformance-interrupt-auth-required",
+        "conformance-interrupt-parent-child-cancel",
+        "conformance-interrupt-parent-child-cancel-child",
+        "conformance-subworkflow-mid-run-mutation",
+        "conformance-subworkflow-mid-run-mutation-child",
     ] {
         assert!(
             fixtures.contains(&f.to_string()),
             "interrupt fixture {f}: {fixtures:?}"
         );
     }
-    // Unimplemented semantics (quorum, recursion limit, run-duration cap, agents,
-    // sub-workflow children that wait on an approval) must not be advertised, even when the node types are all core.*.
+    // Unimplemented semantics (quorum, recursion limit, run-duration cap, agents) must not be
+    // advertised, even when the node types are all core.*.
     for f in [
         "conformance-interrupt-quorum",
         "conformance-cap-breach",
         "conformance-run-duration-breach",
-        "conformance-subworkflow-mid-run-mutation",
         "conformance-agent-identity",
     ] {
         assert!(

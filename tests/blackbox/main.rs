@@ -13,6 +13,7 @@ mod events;
 mod idempotency;
 mod interop;
 mod interrupt_auth;
+mod interrupt_cascade;
 mod interrupts;
 mod ops;
 mod packs;

@@ -605,3 +605,21 @@ async fn the_audit_chain_stays_valid_when_two_processes_append_at_once() {
     }
     a.kill9();
 }
+
+/// Sub-workflows on Postgres: a fixture parent maps its child's outcome back, 100 parallel
+/// children each map their own value, and a parent cancel cascades into a child waiting on an
+/// approval (its interrupt answers 410 afterwards); a child waiting on an approval keeps its
+/// dispatch-time inputs when the parent's variables change.
+#[tokio::test]
+async fn postgres_sub_workflows_fan_out_and_cascade() {
+    let Some(db) = pg_database().await else {
+        return;
+    };
+    let mut opts = on(&db, None);
+    opts.extra_args.push("--enable-test-seams".into());
+    let h = Host::start_with(opts).await;
+    crate::subworkflows::parent_fixture_maps_outputs_and_links_both_ways(&h).await;
+    crate::subworkflows::hundred_children_each_map_their_own_values(&h).await;
+    crate::interrupt_cascade::parent_cancel_invalidates_the_childs_interrupt(&h).await;
+    crate::interrupt_cascade::a_waiting_child_keeps_its_dispatch_time_inputs(&h).await;
+}

@@ -69,7 +69,12 @@ async fn parent_fixture_runs_child_maps_outputs_and_links_both_ways() {
         assert!(fixtures.contains(&json!(f)), "{f} advertised: {disc}");
     }
     assert_eq!(disc["capabilities"]["subWorkflow"]["inputMapping"], true);
+    parent_fixture_maps_outputs_and_links_both_ways(&h).await;
+}
 
+/// `conformance-subworkflow-parent`: the child's outcome is mapped back, both snapshots link
+/// (shared with the Postgres module).
+pub async fn parent_fixture_maps_outputs_and_links_both_ways(h: &Host) {
     let parent = h
         .create_run("conformance-subworkflow-parent", json!({}))
         .await;
@@ -355,7 +360,12 @@ async fn a_workflow_that_calls_itself_stops_at_the_depth_limit() {
 
 #[tokio::test]
 async fn a_hundred_parallel_children_each_map_their_own_values() {
-    let h = Host::start().await;
+    hundred_children_each_map_their_own_values(&Host::start().await).await;
+}
+
+/// One parent, 100 `core.subWorkflow` nodes in parallel, each child mapping its own value in
+/// and out (shared with the Postgres module).
+pub async fn hundred_children_each_map_their_own_values(h: &Host) {
     h.register(workflow(
         "echo-child",
         json!([node("n", "core.noop", json!({}), json!({}))]),
