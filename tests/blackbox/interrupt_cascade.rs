@@ -31,6 +31,15 @@ async fn first_child(h: &Host, parent: &str) -> String {
     }
 }
 
+/// Accept the approval at `child-gate` (both fixtures' children park there).
+async fn accept_gate(h: &Host, run: &str) -> (StatusCode, serde_json::Value) {
+    h.post(
+        &format!("/v1/runs/{run}/interrupts/child-gate"),
+        json!({"resumeValue": {"action": "accept"}}),
+    )
+    .await
+}
+
 /// The whole cascade scenario against `h` (SQLite or Postgres).
 pub async fn parent_cancel_invalidates_the_childs_interrupt(h: &Host) {
     let parent = h.create_run(PARENT, json!({})).await;
@@ -80,12 +89,7 @@ pub async fn parent_cancel_invalidates_the_childs_interrupt(h: &Host) {
     assert_eq!(psnap["childRuns"][0]["status"], "cancelled", "{psnap}");
 
     // The child's interrupt is gone on the run-scoped route ...
-    let (status, body) = h
-        .post(
-            &format!("/v1/runs/{child}/interrupts/child-gate"),
-            json!({"resumeValue": {"action": "accept"}}),
-        )
-        .await;
+    let (status, body) = accept_gate(h, &child).await;
     assert_eq!(status, StatusCode::GONE, "{body}");
     assert_envelope(&body, "interrupt_gone");
     // ... and its signed token is invalidated (RFC 0093: 409).
@@ -128,12 +132,7 @@ pub async fn a_waiting_child_keeps_its_dispatch_time_inputs(h: &Host) {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, body) = h
-        .post(
-            &format!("/v1/runs/{child}/interrupts/child-gate"),
-            json!({"resumeValue": {"action": "accept"}}),
-        )
-        .await;
+    let (status, body) = accept_gate(h, &child).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let c = h.wait_terminal(&child, T).await;
     assert_eq!(c["status"], "completed", "{c}");
@@ -178,12 +177,7 @@ async fn a_directly_cancelled_run_keeps_the_interrupt_cancelled_answer() {
     h.wait_terminal(&run, T).await;
     let last = h.events(&run).await.pop().unwrap();
     assert!(last["payload"].get("parentRunId").is_none(), "{last}");
-    let (status, body) = h
-        .post(
-            &format!("/v1/runs/{run}/interrupts/child-gate"),
-            json!({"resumeValue": {"action": "accept"}}),
-        )
-        .await;
+    let (status, body) = accept_gate(&h, &run).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_envelope(&body, "interrupt_cancelled");
 }
