@@ -67,6 +67,9 @@ pub struct ServeArgs {
     /// Interrupt token lifetime.
     #[command(flatten)]
     pub interrupts: crate::interrupts::config::InterruptArgs,
+    /// How long finished runs and idempotency records are kept (docs/operations.md).
+    #[command(flatten)]
+    pub retention: crate::retention::RetentionArgs,
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +88,7 @@ pub struct Config {
     pub audit: crate::audit::config::AuditArgs,
     pub packs: crate::packs::PackArgs,
     pub interrupts: crate::interrupts::config::InterruptArgs,
+    pub retention: crate::retention::RetentionSettings,
 }
 
 pub const KEY_FILE: &str = "api-key";
@@ -122,7 +126,10 @@ impl Config {
                 "--database must be a postgres:// or postgresql:// URL (leave it empty for SQLite)"
             );
         };
+        let retention =
+            crate::retention::RetentionSettings::resolve(&args.retention, args.config.as_deref())?;
         Ok(Config {
+            retention,
             listen: args.listen,
             data_dir: args.data,
             postgres,

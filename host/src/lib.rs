@@ -17,6 +17,7 @@ pub mod interrupts;
 pub mod keys;
 pub mod ops;
 pub mod packs;
+pub mod retention;
 pub mod store;
 pub mod webhooks;
 
@@ -82,6 +83,8 @@ pub struct Host {
     pub ops: Arc<ops::Ops>,
     /// Multi-process background work, when the store is shared.
     pub cluster: Option<Arc<cluster::Cluster>>,
+    /// Deletes expired runs and idempotency records in the background.
+    pub retention: Arc<retention::Retention>,
     /// Extra resource routers merged into the API.
     pub routers: Vec<Router<AppState>>,
     /// Fixture ids whose semantics are implemented (see [`CORE_FIXTURES`]).
@@ -151,7 +154,10 @@ impl Host {
             api::interrupts::router(),
         ];
         let ops = ops::Ops::new(store.clone());
+        let retention = retention::Retention::new(store.clone(), config.retention.clone());
+        discovery.merge_block("production", retention.discovery_block(), true);
         Ok(Host {
+            retention,
             config,
             ops,
             store,
@@ -239,6 +245,7 @@ impl Host {
             c.start().await?;
         }
         self.audit.spawn_checkpointer();
+        self.retention.spawn();
         let keys = Arc::new(match &self.config.config_file {
             Some(path) => api::auth::KeyRing::with_file(&self.config.api_keys, path)?,
             None => api::auth::KeyRing::new(&self.config.api_keys),

@@ -19,6 +19,7 @@ mod ops;
 mod packs;
 mod postgres;
 mod remote;
+mod retention;
 mod runs;
 mod sandbox_seam;
 mod scopes;

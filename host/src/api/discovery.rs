@@ -79,6 +79,23 @@ impl Discovery {
         }
     }
 
+    /// Merge the keys of the object `value` into the object block `key` (created if absent), so
+    /// several subsystems can each own a part of one block (`production.retention`, ...).
+    pub fn merge_block(&self, key: &str, value: Value, mirror: bool) {
+        let mut doc = self.doc.write().unwrap();
+        let block = doc
+            .blocks
+            .entry(key.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+        match (block, value) {
+            (Value::Object(into), Value::Object(from)) => into.extend(from),
+            (block, value) => *block = value,
+        }
+        if mirror {
+            doc.mirrored.insert(key.to_string());
+        }
+    }
+
     /// Claim an interrupt profile under `extensions.interrupts.profiles` (interrupt-profiles.md
     /// §"Discovery guidance"). Only for profiles whose behaviour is implemented and tested.
     pub fn add_interrupt_profile(&self, profile: &str) {

@@ -186,9 +186,24 @@ pub async fn load_run(
     principal: &Principal,
     run_id: &str,
 ) -> Result<RunRecord, ApiError> {
+    let not_found = || ApiError::not_found(format!("run '{run_id}' not found"));
     match st.engine.store().get_run(run_id).await? {
         Some(r) if r.tenant_id == principal.tenant => Ok(r),
-        _ => Err(ApiError::not_found(format!("run '{run_id}' not found"))),
+        Some(_) => Err(not_found()),
+        // Retention deleted it (production-profile.md §"Event retention": 410 when expiry is
+        // known and intentional). Another tenant's expired run stays indistinguishable.
+        None => match st.engine.store().expired_run(run_id).await? {
+            Some(x) if x.tenant_id == principal.tenant => Err(ApiError::new(
+                StatusCode::GONE,
+                "run_expired",
+                format!(
+                    "run '{run_id}' finished at {} and its snapshot and events were deleted after the retention window",
+                    x.completed_at
+                ),
+            )
+            .details(json!({"runId": run_id, "completedAt": x.completed_at, "expiredAt": x.expired_at}))),
+            _ => Err(not_found()),
+        },
     }
 }
 

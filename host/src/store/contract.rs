@@ -90,6 +90,7 @@ contract!(
     packs_and_blobs,
     interrupts_park_and_close_exactly_once,
     child_runs_are_listed_under_their_parent,
+    retention_expires_finished_runs_only,
 );
 
 fn wf(id: &str, digest: &str, version: &str) -> StoredWorkflow {
@@ -1125,4 +1126,185 @@ async fn child_runs_are_listed_under_their_parent(store: Arc<dyn Store>) {
         .unwrap();
     let parent = store.get_run("parent").await.unwrap().unwrap();
     assert_eq!(parent.variables, json!({"out": "v"}));
+}
+
+/// Retention: finished runs past the cutoff become tombstones and lose their logs in batches;
+/// unfinished runs stay whatever their age; idempotency records and old tombstones go too.
+async fn retention_expires_finished_runs_only(store: Arc<dyn Store>) {
+    use super::retention::Cutoffs;
+    with_run(&store, "run-done").await;
+    // A log of 11 events (10 + terminal): with batches of 4 rows it takes several batches.
+    let mut events: Vec<NewEvent> = (0..10)
+        .map(|i| NewEvent::new("node.log", json!({"i": i})))
+        .collect();
+    events.push(NewEvent::new("run.completed", json!({})));
+    store
+        .append_events(
+            "run-done",
+            events,
+            Some(RunUpdate {
+                status: Some("completed".into()),
+                completed_at: Some("2026-01-01T00:00:05.000Z".into()),
+                ..Default::default()
+            }),
+        )
+        .await
+        .unwrap();
+    // Created as long ago, but not finished.
+    assert!(matches!(
+        store
+            .create_run(&run("run-open", "d1"), None)
+            .await
+            .unwrap(),
+        CreateRunOutcome::Created
+    ));
+    store
+        .append_events(
+            "run-open",
+            vec![NewEvent::new("run.started", json!({}))],
+            None,
+        )
+        .await
+        .unwrap();
+    // Finished long ago, but a child of the unfinished run: kept (its parent reads it).
+    let mut child = run("run-child", "d1");
+    child.parent_run_id = Some("run-open".into());
+    child.parent_node_id = Some("n1".into());
+    store.create_run(&child, None).await.unwrap();
+    store
+        .append_events(
+            "run-child",
+            vec![NewEvent::new("run.completed", json!({}))],
+            Some(RunUpdate {
+                status: Some("completed".into()),
+                completed_at: Some("2026-01-01T00:00:05.000Z".into()),
+                ..Default::default()
+            }),
+        )
+        .await
+        .unwrap();
+    // Finished after the cutoff: kept.
+    assert!(matches!(
+        store
+            .create_run(&run("run-recent", "d1"), None)
+            .await
+            .unwrap(),
+        CreateRunOutcome::Created
+    ));
+    store
+        .append_events(
+            "run-recent",
+            vec![NewEvent::new("run.completed", json!({}))],
+            Some(RunUpdate {
+                status: Some("completed".into()),
+                completed_at: Some("2026-06-01T00:00:00.000Z".into()),
+                ..Default::default()
+            }),
+        )
+        .await
+        .unwrap();
+    let claim = IdempotencyClaim {
+        scope_key: "retention-key".into(),
+        request_digest: "d".into(),
+        response_status: 201,
+        response_body: json!({"runId": "run-keyed"}),
+    };
+    assert!(matches!(
+        store
+            .create_run(&run("run-keyed", "d1"), Some(&claim))
+            .await
+            .unwrap(),
+        CreateRunOutcome::Created
+    ));
+
+    let cut = |tombstones_before: &str| Cutoffs {
+        runs_before: "2026-03-01T00:00:00.000Z".into(),
+        idempotency_before: "2026-03-01T00:00:00.000Z".into(),
+        tombstones_before: tombstones_before.into(),
+        now: "2026-03-02T00:00:00.000Z".into(),
+    };
+    let mut batches = 0;
+    let mut total = super::retention::Purged::default();
+    loop {
+        let p = store
+            .purge_batch(&cut("2000-01-01T00:00:00.000Z"), 4)
+            .await
+            .unwrap()
+            .expect("nobody else is sweeping");
+        if p.is_empty() {
+            break;
+        }
+        total.add(p);
+        batches += 1;
+        assert!(batches < 20, "the sweep never ends");
+    }
+    assert!(batches >= 3, "11 events in batches of 4 rows: {batches}");
+    assert_eq!(total.runs, 1, "{total:?}");
+    assert_eq!(total.events, 11, "{total:?}");
+    assert_eq!(total.idempotency, 1, "{total:?}");
+    assert_eq!(total.tombstones, 0, "{total:?}");
+
+    assert!(store.get_run("run-done").await.unwrap().is_none());
+    assert!(store
+        .list_events("run-done", -1, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    let x = store.expired_run("run-done").await.unwrap().unwrap();
+    assert_eq!(x.tenant_id, "t");
+    assert_eq!(x.completed_at, "2026-01-01T00:00:05.000Z");
+    assert_eq!(x.expired_at, "2026-03-02T00:00:00.000Z");
+    for kept in ["run-open", "run-child", "run-recent", "run-keyed"] {
+        assert!(store.get_run(kept).await.unwrap().is_some(), "{kept}");
+        assert!(store.expired_run(kept).await.unwrap().is_none(), "{kept}");
+    }
+    assert_eq!(
+        store.list_events("run-open", -1, 100).await.unwrap().len(),
+        1
+    );
+    // The key's record is gone: the same key now creates a new run.
+    assert!(matches!(
+        store
+            .create_run(&run("run-keyed-again", "d1"), Some(&claim))
+            .await
+            .unwrap(),
+        CreateRunOutcome::Created
+    ));
+    // Tombstones older than their cutoff go; then the id is simply unknown.
+    let p = store
+        .purge_batch(&cut("2026-04-01T00:00:00.000Z"), 4)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.tombstones, 1, "{p:?}");
+    assert!(store.expired_run("run-done").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn postgres_one_process_sweeps_at_a_time() {
+    use super::retention::{Cutoffs, RetentionStore};
+    let Some(url) = pg_database().await else {
+        return;
+    };
+    let store = pg_open(&url, 10_000).await;
+    let cut = Cutoffs {
+        runs_before: "2026-03-01T00:00:00.000Z".into(),
+        idempotency_before: "2026-03-01T00:00:00.000Z".into(),
+        tombstones_before: "2000-01-01T00:00:00.000Z".into(),
+        now: "2026-03-02T00:00:00.000Z".into(),
+    };
+    assert!(store.purge_batch(&cut, 10).await.unwrap().is_some());
+    // Another process's sweep holds the lock: this one skips instead of waiting.
+    let mut other = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    let mut tx = sqlx::Connection::begin(&mut other).await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(super::postgres::RETENTION_LOCK)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert!(store.purge_batch(&cut, 10).await.unwrap().is_none());
+    tx.rollback().await.unwrap();
+    assert!(store.purge_batch(&cut, 10).await.unwrap().is_some());
 }

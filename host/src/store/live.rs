@@ -100,6 +100,19 @@ impl LiveRuns {
         }
     }
 
+    /// Retention deleted these runs: readers must fall through to the store (and its
+    /// tombstones) from now on.
+    pub fn forget(&self, run_ids: &[String]) {
+        if run_ids.is_empty() {
+            return;
+        }
+        let mut inner = self.lock();
+        for id in run_ids {
+            inner.runs.remove(id);
+        }
+        inner.finished.retain(|id| !run_ids.contains(id));
+    }
+
     pub fn get(&self, run_id: &str) -> Option<RunRecord> {
         self.lock().runs.get(run_id).map(|e| e.run.clone())
     }

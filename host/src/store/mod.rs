@@ -10,6 +10,7 @@ pub mod interrupts;
 pub mod live;
 pub mod packs;
 pub mod postgres;
+pub mod retention;
 pub(crate) mod rows;
 pub mod shared;
 pub mod sqlite;
@@ -316,6 +317,7 @@ pub trait Store:
     + audit::AuditStore
     + packs::PackStore
     + interrupts::InterruptStore
+    + retention::RetentionStore
     + Send
     + Sync
     + 'static

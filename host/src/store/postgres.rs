@@ -15,6 +15,7 @@ mod audit;
 mod interrupts;
 mod listen;
 mod packs;
+mod retention;
 mod webhooks;
 
 use std::str::FromStr;
@@ -39,6 +40,8 @@ pub(crate) const CH_CHANGES: &str = "wopbox_changes";
 
 /// Advisory-lock key serialising audit-chain appends across processes.
 const AUDIT_LOCK: i64 = 0x776f_7062_6f78_0001;
+/// Advisory-lock key held by the one process sweeping expired data (store/retention.rs).
+pub(crate) const RETENTION_LOCK: i64 = 0x776f_7062_6f78_0002;
 
 #[derive(Debug, Clone)]
 pub struct PgSettings {

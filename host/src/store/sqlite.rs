@@ -36,6 +36,7 @@ use writer::{WriteOp, Writer};
 
 mod audit;
 mod interrupts;
+mod retention;
 mod webhooks;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations");

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::store::audit::{AuditEntry, NewAuditEntry};
 use crate::store::interrupts::{CloseOutcome, InterruptClose, InterruptRecord};
 use crate::store::live::LiveRuns;
+use crate::store::retention::{Cutoffs, Purged};
 use crate::store::{
     is_terminal_event, terminal_is_last, ts, CreateRunOutcome, EventRecord, IdempotencyClaim,
     NewEvent, RunRecord, RunUpdate, StoreError, StoreResult,
@@ -78,6 +79,12 @@ pub(crate) enum WriteOp {
         update: RunUpdate,
         reply: oneshot::Sender<StoreResult<CloseOutcome>>,
     },
+    /// One small batch of retention cleanup (`sqlite/retention.rs`).
+    Purge {
+        cut: Cutoffs,
+        limit: u32,
+        reply: oneshot::Sender<StoreResult<Purged>>,
+    },
 }
 
 /// What one op did inside the transaction (applied to the cache and answered after commit).
@@ -96,6 +103,11 @@ enum Done {
     InterruptClosed {
         outcome: CloseOutcome,
         now: String,
+    },
+    /// What retention deleted, and the runs that expired (dropped from the cache).
+    Purged {
+        purged: Purged,
+        runs: Vec<String>,
     },
 }
 
@@ -195,6 +207,7 @@ fn fail_all(batch: Vec<WriteOp>, e: &StoreError) {
             WriteOp::Audit { reply, .. } => drop(reply.send(err(&msg))),
             WriteOp::ParkInterrupt { reply, .. } => drop(reply.send(err(&msg))),
             WriteOp::CloseInterrupt { reply, .. } => drop(reply.send(err(&msg))),
+            WriteOp::Purge { reply, .. } => drop(reply.send(err(&msg))),
         }
     }
 }
@@ -278,6 +291,15 @@ fn answer(live: &LiveRuns, op: WriteOp, result: StoreResult<Done>) {
                 _ => unreachable!("close answered with another op's result"),
             });
             let _ = reply.send(r);
+        }
+        (WriteOp::Purge { reply, .. }, r) => {
+            let _ = reply.send(r.map(|d| match d {
+                Done::Purged { purged, runs } => {
+                    live.forget(&runs);
+                    purged
+                }
+                _ => unreachable!("purge answered with another op's result"),
+            }));
         }
         (WriteOp::Audit { reply, .. }, r) => {
             let _ = reply.send(r.map(|d| match d {
@@ -385,6 +407,8 @@ fn apply(db: &rusqlite::Connection, op: &mut WriteOp) -> rusqlite::Result<StoreR
             std::mem::take(payloads),
             update,
         ),
+        WriteOp::Purge { cut, limit, .. } => super::retention::purge(db, cut, *limit)
+            .map(|(purged, runs)| Ok(Done::Purged { purged, runs })),
     }
 }
 
