@@ -1132,77 +1132,56 @@ async fn child_runs_are_listed_under_their_parent(store: Arc<dyn Store>) {
 /// unfinished runs stay whatever their age; idempotency records and old tombstones go too.
 async fn retention_expires_finished_runs_only(store: Arc<dyn Store>) {
     use super::retention::Cutoffs;
-    with_run(&store, "run-done").await;
+    /// Create `rec` and append `events` (if any): the last one terminal when `completed_at`.
+    async fn logged(
+        store: &Arc<dyn Store>,
+        rec: RunRecord,
+        events: Vec<NewEvent>,
+        completed_at: Option<&str>,
+    ) {
+        let id = rec.run_id.clone();
+        assert!(matches!(
+            store.create_run(&rec, None).await.unwrap(),
+            CreateRunOutcome::Created
+        ));
+        let update = completed_at.map(|t| RunUpdate {
+            status: Some("completed".into()),
+            completed_at: Some(t.into()),
+            ..Default::default()
+        });
+        store.append_events(&id, events, update).await.unwrap();
+    }
+    let completed = || vec![NewEvent::new("run.completed", json!({}))];
+    store.put_workflow(&wf("wf", "d1", "1")).await.unwrap();
     // A log of 11 events (10 + terminal): with batches of 4 rows it takes several batches.
     let mut events: Vec<NewEvent> = (0..10)
         .map(|i| NewEvent::new("node.log", json!({"i": i})))
         .collect();
-    events.push(NewEvent::new("run.completed", json!({})));
-    store
-        .append_events(
-            "run-done",
-            events,
-            Some(RunUpdate {
-                status: Some("completed".into()),
-                completed_at: Some("2026-01-01T00:00:05.000Z".into()),
-                ..Default::default()
-            }),
-        )
-        .await
-        .unwrap();
+    events.extend(completed());
+    logged(
+        &store,
+        run("run-done", "d1"),
+        events,
+        Some("2026-01-01T00:00:05.000Z"),
+    )
+    .await;
     // Created as long ago, but not finished.
-    assert!(matches!(
-        store
-            .create_run(&run("run-open", "d1"), None)
-            .await
-            .unwrap(),
-        CreateRunOutcome::Created
-    ));
-    store
-        .append_events(
-            "run-open",
-            vec![NewEvent::new("run.started", json!({}))],
-            None,
-        )
-        .await
-        .unwrap();
+    let started = vec![NewEvent::new("run.started", json!({}))];
+    logged(&store, run("run-open", "d1"), started, None).await;
     // Finished long ago, but a child of the unfinished run: kept (its parent reads it).
     let mut child = run("run-child", "d1");
     child.parent_run_id = Some("run-open".into());
     child.parent_node_id = Some("n1".into());
-    store.create_run(&child, None).await.unwrap();
-    store
-        .append_events(
-            "run-child",
-            vec![NewEvent::new("run.completed", json!({}))],
-            Some(RunUpdate {
-                status: Some("completed".into()),
-                completed_at: Some("2026-01-01T00:00:05.000Z".into()),
-                ..Default::default()
-            }),
-        )
-        .await
-        .unwrap();
+    logged(&store, child, completed(), Some("2026-01-01T00:00:05.000Z")).await;
     // Finished after the cutoff: kept.
-    assert!(matches!(
-        store
-            .create_run(&run("run-recent", "d1"), None)
-            .await
-            .unwrap(),
-        CreateRunOutcome::Created
-    ));
-    store
-        .append_events(
-            "run-recent",
-            vec![NewEvent::new("run.completed", json!({}))],
-            Some(RunUpdate {
-                status: Some("completed".into()),
-                completed_at: Some("2026-06-01T00:00:00.000Z".into()),
-                ..Default::default()
-            }),
-        )
-        .await
-        .unwrap();
+    let recent = run("run-recent", "d1");
+    logged(
+        &store,
+        recent,
+        completed(),
+        Some("2026-06-01T00:00:00.000Z"),
+    )
+    .await;
     let claim = IdempotencyClaim {
         scope_key: "retention-key".into(),
         request_digest: "d".into(),

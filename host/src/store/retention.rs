@@ -61,6 +61,20 @@ pub struct ExpiredRun {
     pub expired_at: String,
 }
 
+impl From<(String, String, String, String)> for ExpiredRun {
+    /// A `SELECT run_id, tenant_id, completed_at, expired_at FROM expired_runs` row.
+    fn from(
+        (run_id, tenant_id, completed_at, expired_at): (String, String, String, String),
+    ) -> Self {
+        ExpiredRun {
+            run_id,
+            tenant_id,
+            completed_at,
+            expired_at,
+        }
+    }
+}
+
 /// How many runs a batch tombstones out of a batch size of `limit` rows (each costs ~4 rows).
 pub fn runs_per_batch(limit: u32) -> u32 {
     (limit / 4).max(1)

@@ -123,13 +123,6 @@ impl RetentionStore for PgStore {
         .bind(run_id)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(
-            row.map(|(run_id, tenant_id, completed_at, expired_at)| ExpiredRun {
-                run_id,
-                tenant_id,
-                completed_at,
-                expired_at,
-            }),
-        )
+        Ok(row.map(ExpiredRun::from))
     }
 }

@@ -28,14 +28,7 @@ impl RetentionStore for SqliteStore {
         .bind(run_id)
         .fetch_optional(&self.reader)
         .await?;
-        Ok(
-            row.map(|(run_id, tenant_id, completed_at, expired_at)| ExpiredRun {
-                run_id,
-                tenant_id,
-                completed_at,
-                expired_at,
-            }),
-        )
+        Ok(row.map(ExpiredRun::from))
     }
 }
 
