@@ -70,6 +70,9 @@ pub struct ServeArgs {
     /// How long finished runs and idempotency records are kept (docs/operations.md).
     #[command(flatten)]
     pub retention: crate::retention::RetentionArgs,
+    /// Admission limits, graceful shutdown and metrics (docs/operations.md).
+    #[command(flatten)]
+    pub ops: crate::ops::OpsArgs,
 }
 
 #[derive(Debug, Clone)]
@@ -89,6 +92,7 @@ pub struct Config {
     pub packs: crate::packs::PackArgs,
     pub interrupts: crate::interrupts::config::InterruptArgs,
     pub retention: crate::retention::RetentionSettings,
+    pub ops: crate::ops::OpsArgs,
 }
 
 pub const KEY_FILE: &str = "api-key";
@@ -143,6 +147,7 @@ impl Config {
             audit: args.audit,
             packs: args.packs,
             interrupts: args.interrupts,
+            ops: args.ops,
         })
     }
 }

@@ -116,7 +116,14 @@ impl Host {
             &config.interrupts,
             Some(audit.clone()),
         );
-        let engine = Engine::new(store.clone(), events.clone(), registry.clone(), interrupts);
+        let admission = ops::admission::Admission::new(config.ops.admission.limits());
+        let engine = Engine::with_admission(
+            store.clone(),
+            events.clone(),
+            registry.clone(),
+            interrupts,
+            admission.clone(),
+        );
         engine::subworkflow::SubWorkflow::register(&engine);
         let discovery = Arc::new(Discovery::new(config.max_body_bytes));
         // RFC 0022 §B: inputMapping on core.subWorkflow is honoured.
@@ -153,9 +160,9 @@ impl Host {
             api::audit::router(audit.clone()),
             api::interrupts::router(),
         ];
-        let ops = ops::Ops::new(store.clone());
         let retention = retention::Retention::new(store.clone(), config.retention.clone());
         discovery.merge_block("production", retention.discovery_block(), true);
+        let ops = ops::Ops::new(store.clone(), admission);
         Ok(Host {
             retention,
             config,

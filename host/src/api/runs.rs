@@ -111,6 +111,11 @@ pub async fn create(
         }
     }
 
+    // Admission before any work: a refused request leaves nothing behind.
+    let admission = st.engine.admission();
+    let slot = admission
+        .try_admit(&principal.tenant)
+        .map_err(|r| crate::ops::admission::refusal(r, admission.limits().retry_after_secs))?;
     let prepared = match st
         .engine
         .prepare_run(&principal.tenant, &workflow_id, &inputs)
@@ -149,7 +154,7 @@ pub async fn create(
     });
     match st.engine.store().create_run(&run, claim.as_ref()).await? {
         CreateRunOutcome::Created => {
-            st.engine.start(run);
+            st.engine.start_admitted(run, slot);
             let location = HeaderValue::from_str(&format!("/v1/runs/{run_id}")).unwrap();
             Ok((
                 StatusCode::CREATED,

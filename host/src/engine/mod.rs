@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::events::EventLog;
+use crate::ops::admission::{Admission, Limits, RunSlot};
 use crate::store::shared::SharedStore;
 use crate::store::{ts, NewEvent, RunRecord, RunUpdate, Store, StoreError, StoredWorkflow};
 use dag::{Graph, Problem};
@@ -182,6 +183,8 @@ pub struct Engine {
     /// Set when the store is shared with other processes (Postgres): cancels of runs another
     /// process executes are routed to it.
     shared: std::sync::OnceLock<Arc<dyn SharedStore>>,
+    /// Run slots and node execution slots (ops/admission.rs).
+    admission: Arc<Admission>,
 }
 
 impl Engine {
@@ -191,6 +194,23 @@ impl Engine {
         registry: Arc<NodeRegistry>,
         interrupts: Arc<crate::interrupts::Interrupts>,
     ) -> Arc<Self> {
+        Self::with_admission(
+            store,
+            events,
+            registry,
+            interrupts,
+            Admission::new(Limits::default()),
+        )
+    }
+
+    /// An engine whose runs and node executions are bounded by `admission`.
+    pub fn with_admission(
+        store: Arc<dyn Store>,
+        events: Arc<EventLog>,
+        registry: Arc<NodeRegistry>,
+        interrupts: Arc<crate::interrupts::Interrupts>,
+        admission: Arc<Admission>,
+    ) -> Arc<Self> {
         Arc::new(Engine {
             store,
             events,
@@ -199,6 +219,7 @@ impl Engine {
             graphs: RwLock::new(HashMap::new()),
             active: Mutex::new(HashMap::new()),
             shared: std::sync::OnceLock::new(),
+            admission,
         })
     }
 
@@ -210,6 +231,10 @@ impl Engine {
     /// Whether this process is executing `run_id` right now.
     pub fn is_active(&self, run_id: &str) -> bool {
         self.active.lock().unwrap().contains_key(run_id)
+    }
+
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.admission
     }
 
     pub fn registry(&self) -> &Arc<NodeRegistry> {
@@ -315,12 +340,19 @@ impl Engine {
         Ok(graph)
     }
 
-    /// Start executing a freshly created run in the background.
+    /// Start executing a freshly created run in the background. It is counted in flight
+    /// without an admission check (prefer [`Engine::start_admitted`] for client requests).
     pub fn start(self: &Arc<Self>, run: RunRecord) {
-        self.spawn(run, false);
+        self.spawn(run, false, None);
     }
 
-    fn spawn(self: &Arc<Self>, run: RunRecord, resume: bool) {
+    /// Start a run that passed admission; `slot` is held until its driver ends.
+    pub fn start_admitted(self: &Arc<Self>, run: RunRecord, slot: RunSlot) {
+        self.spawn(run, false, Some(slot));
+    }
+
+    fn spawn(self: &Arc<Self>, run: RunRecord, resume: bool, slot: Option<RunSlot>) {
+        let slot = slot.unwrap_or_else(|| self.admission.force_admit(&run.tenant_id));
         let initial = if run.status == "cancelling" {
             Some(CancelSignal::direct("cancel requested before restart"))
         } else {
@@ -356,6 +388,7 @@ impl Engine {
                 }
             }
             engine.active.lock().unwrap().remove(&run_id);
+            drop(slot);
         });
     }
 
@@ -404,7 +437,7 @@ impl Engine {
             if let Some(parent) = &run.parent_run_id {
                 orphans.push((run.run_id.clone(), parent.clone()));
             }
-            self.spawn(run, true);
+            self.spawn(run, true, None);
             n += 1;
         }
         // A crash between a parent's end and its cascade leaves children running: finish the

@@ -697,7 +697,11 @@ async fn run_node(
                             variables: ctx.variables.lock().await.clone(),
                         },
                     };
-                    let fut = exec.execute(inv);
+                    // Computing needs an execution slot; parked waits inside give it back.
+                    let fut = ctx
+                        .engine
+                        .admission
+                        .gated(&ctx.run.tenant_id, exec.execute(inv));
                     tokio::select! {
                         r = fut => Some(r),
                         _ = sleep_until_opt(timeout_ms.map(|t| tokio::time::Instant::now() + Duration::from_millis(t))) => {

@@ -96,7 +96,8 @@ impl NodeExecutor for Delay {
                 .into()
             }
         };
-        tokio::time::sleep(Duration::from_millis(ms)).await;
+        // A sleeping run computes nothing: it must not hold an execution slot.
+        crate::ops::admission::park(tokio::time::sleep(Duration::from_millis(ms))).await;
         NodeResult::completed(json!({"delayedMs": ms}))
     }
 }
