@@ -157,3 +157,44 @@ async fn parked_runs_hold_no_execution_slot() {
         assert_eq!(host.snapshot(run).await["status"], "running");
     }
 }
+
+#[tokio::test]
+async fn runs_parked_on_interrupt_gates_hold_no_execution_slot() {
+    // One slot host-wide and per tenant: a gate that kept its slot while waiting for a human
+    // or an external event would leave the quick run below queued forever.
+    let host = Host::start_with(with_args(&[
+        "--max-executing",
+        "1",
+        "--tenant-max-executing",
+        "1",
+    ]))
+    .await;
+    let mut parked = Vec::new();
+    for (workflow, status) in [
+        ("conformance-approval", "waiting-approval"),
+        ("conformance-clarification", "waiting-input"),
+        ("conformance-interrupt-external-event", "waiting-external"),
+    ] {
+        let run = host.create_run(workflow, json!({})).await;
+        host.wait_status(&run, &[status], Duration::from_secs(20))
+            .await;
+        parked.push((run, status));
+    }
+    let quick = host.create_run("conformance-noop", json!({})).await;
+    let snap = host.wait_terminal(&quick, Duration::from_secs(30)).await;
+    assert_eq!(snap["status"], "completed", "{snap}");
+    for (run, status) in &parked {
+        assert_eq!(host.snapshot(run).await["status"], *status);
+    }
+    // A resolved gate takes a slot again and finishes.
+    let (approval, _) = &parked[0];
+    let (s, b) = host
+        .post(
+            &format!("/v1/runs/{approval}/interrupts/gate"),
+            json!({"resumeValue": {"action": "accept"}}),
+        )
+        .await;
+    assert!(s.is_success(), "{b}");
+    let snap = host.wait_terminal(approval, Duration::from_secs(30)).await;
+    assert_eq!(snap["status"], "completed", "{snap}");
+}
