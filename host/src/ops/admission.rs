@@ -49,22 +49,22 @@ impl Default for Limits {
 #[derive(clap::Args, Debug, Clone)]
 pub struct AdmissionArgs {
     /// Most runs admitted and not yet terminal (parked runs included); more get 503.
-    #[arg(long, default_value_t = Limits::default().max_runs_in_flight)]
+    #[arg(long, env = "WOPBOX_MAX_RUNS_IN_FLIGHT", default_value_t = Limits::default().max_runs_in_flight)]
     pub max_runs_in_flight: usize,
     /// Most runs in flight per tenant; that tenant's further runs get 503.
-    #[arg(long, default_value_t = Limits::default().tenant_max_runs_in_flight)]
+    #[arg(long, env = "WOPBOX_TENANT_MAX_RUNS_IN_FLIGHT", default_value_t = Limits::default().tenant_max_runs_in_flight)]
     pub tenant_max_runs_in_flight: usize,
     /// Most nodes computing at once (parked nodes excluded).
-    #[arg(long, default_value_t = Limits::default().max_executing)]
+    #[arg(long, env = "WOPBOX_MAX_EXECUTING", default_value_t = Limits::default().max_executing)]
     pub max_executing: usize,
     /// Most nodes computing at once per tenant.
-    #[arg(long, default_value_t = Limits::default().tenant_max_executing)]
+    #[arg(long, env = "WOPBOX_TENANT_MAX_EXECUTING", default_value_t = Limits::default().tenant_max_executing)]
     pub tenant_max_executing: usize,
     /// Most nodes waiting for an execution slot before new runs get 503.
-    #[arg(long, default_value_t = Limits::default().max_queued)]
+    #[arg(long, env = "WOPBOX_MAX_QUEUED", default_value_t = Limits::default().max_queued)]
     pub max_queued: usize,
     /// `Retry-After` seconds sent with a capacity 503 (0..=86400).
-    #[arg(long, default_value_t = Limits::default().retry_after_secs)]
+    #[arg(long, env = "WOPBOX_RETRY_AFTER_SECS", default_value_t = Limits::default().retry_after_secs)]
     pub retry_after_secs: u64,
 }
 
