@@ -284,19 +284,28 @@ impl Host {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
             }
         });
-        let ops = self.ops.clone();
+        let (close_tx, close_rx) = tokio::sync::oneshot::channel::<()>();
         let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            ops.start_draining();
+            let _ = close_rx.await;
         });
+        let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));
+        tokio::select! {
+            r = &mut server => return r.map_err(Into::into),
+            _ = shutdown_signal() => {}
+        }
+        // Keep serving while draining (ops/shutdown.rs); a second signal cuts the drain short.
+        tokio::select! {
+            _ = ops::shutdown::drain(&self.ops, &self.webhooks, &self.config.ops.shutdown) => {}
+            _ = shutdown_signal() => tracing::warn!("second signal: exiting without finishing the drain"),
+        }
+        let _ = close_tx.send(());
         // Open SSE streams of running runs would hold a graceful shutdown forever: give
         // in-flight requests a grace period, then exit. Unfinished runs resume on next start.
         tokio::select! {
-            r = server => r?,
-            _ = async {
-                shutdown_signal().await;
-                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-            } => tracing::warn!("shutdown grace period over; exiting with requests still open"),
+            r = &mut server => r?,
+            _ = tokio::time::sleep(ops::shutdown::STREAM_GRACE) => {
+                tracing::warn!("shutdown grace period over; exiting with requests still open")
+            }
         }
         if let Some(c) = &self.cluster {
             c.release().await;

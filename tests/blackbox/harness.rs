@@ -204,16 +204,38 @@ impl Host {
 
     /// SIGTERM the process and wait up to `timeout` for it to exit; returns its exit status.
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.sigterm();
+        self.wait_exit(timeout)
+    }
+
+    /// Send SIGTERM without waiting.
+    pub fn sigterm(&self) {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
+    }
+
+    /// Wait up to `timeout` for the process to exit; returns its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Some(status);
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Wait (without blocking the test's runtime) up to `timeout` for the process to exit.
+    pub async fn exited(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         None
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::harness::{Host, Options, KEY};
+use crate::harness::{edge, node, workflow, Host, Options, KEY};
 use crate::scopes::{config_path, host_with_config_and, mint};
 
 async fn json_of(resp: reqwest::Response) -> (StatusCode, Value) {
@@ -198,3 +198,132 @@ async fn runs_parked_on_interrupt_gates_hold_no_execution_slot() {
     let snap = host.wait_terminal(approval, Duration::from_secs(30)).await;
     assert_eq!(snap["status"], "completed", "{snap}");
 }
+
+/// A sandboxed node that computes for a while (a counted loop, no host calls) and completes.
+async fn install_spinner(host: &Host, iterations: u64) {
+    let body = format!(
+        "(local $i i64) (loop $l (local.set $i (i64.add (local.get $i) (i64.const 1))) \
+         (br_if $l (i64.lt_u (local.get $i) (i64.const {iterations})))) (call $ok)"
+    );
+    host.install_rfc0008("vendor.ops.spin", "1.0.0", "vendor.ops.spin.n", &body)
+        .await;
+}
+
+fn nodes_of<'a>(events: &'a [Value], ty: &str, node: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["type"] == ty && e["payload"]["nodeId"] == node)
+        .collect()
+}
+
+#[tokio::test]
+async fn sigterm_mid_run_drains_flushes_webhooks_exits_0_and_the_run_completes_after_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut opts = crate::webhooks::loopback_host(&[
+        "--shutdown-delay-ms",
+        "500",
+        // Generous: the spin below must finish within it even on a loaded machine.
+        "--drain-timeout-ms",
+        "110000",
+        "--sandbox-fuel",
+        "0",
+        "--sandbox-wall-clock-ms",
+        "120000",
+    ]);
+    opts.data_dir = Some(tmp.path().to_path_buf());
+    let mut host = Host::start_with(opts.clone()).await;
+    install_spinner(&host, SPIN_ITERATIONS).await;
+    let receiver = crate::webhooks::Receiver::start(&[], 200, Duration::ZERO).await;
+    crate::webhooks::register(
+        &host,
+        &receiver.url(),
+        &["node.started", "node.completed", "run.completed"],
+    )
+    .await;
+    // spin (computing when SIGTERM arrives) -> pause (a timer) -> done.
+    host.register(workflow(
+        "wf-drain",
+        json!([
+            node("spin", "vendor.ops.spin.n", json!({}), json!({})),
+            node("pause", "core.delay", json!({"delayMs": 300}), json!({})),
+            node("done", "core.noop", json!({}), json!({}))
+        ]),
+        json!([edge("e1", "spin", "pause"), edge("e2", "pause", "done")]),
+        json!([]),
+    ))
+    .await;
+    let run = host.create_run("wf-drain", json!({})).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let events = host.events(&run).await;
+        assert!(
+            nodes_of(&events, "node.completed", "spin").is_empty(),
+            "spin finished before SIGTERM could be sent: raise SPIN_ITERATIONS"
+        );
+        if !nodes_of(&events, "node.started", "spin").is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "spin never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    host.sigterm();
+
+    // Draining: not ready, new runs refused with a retry hint, reads still served.
+    let mut refused = None;
+    for _ in 0..100 {
+        let (status, _) = json_of(host.anon(Method::GET, "/readyz").send().await.unwrap()).await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            refused = Some(parts(post_parked(&host, KEY).await).await);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, retry, body) = refused.expect("readyz never turned 503 after SIGTERM");
+    assert_capacity_503(status, retry, &body, "draining");
+    assert_eq!(host.snapshot(&run).await["status"], "running");
+
+    let exit = host
+        .exited(Duration::from_secs(120))
+        .await
+        .expect("wopbox exits after draining");
+    assert!(exit.success(), "exit status {exit:?}");
+
+    // The node computing at SIGTERM finished in this process, and its event reached the
+    // webhook receiver before the exit (the outbox was flushed).
+    let hits = receiver.hits();
+    assert!(
+        hits.iter().any(|h| {
+            let b = h.json();
+            b["runId"] == json!(run)
+                && b["type"] == "node.completed"
+                && b["event"]["payload"]["nodeId"] == "spin"
+        }),
+        "spin's node.completed was not delivered before exit"
+    );
+
+    let host = Host::start_with(opts).await;
+    let snap = host.wait_terminal(&run, Duration::from_secs(30)).await;
+    assert_eq!(snap["status"], "completed", "{snap}");
+    let events = host.events(&run).await;
+    crate::harness::assert_event_log(&run, &events);
+    // Finished, not re-run: spin started and completed exactly once across both processes.
+    assert_eq!(nodes_of(&events, "node.started", "spin").len(), 1);
+    assert_eq!(nodes_of(&events, "node.completed", "spin").len(), 1);
+    for n in ["pause", "done"] {
+        assert_eq!(nodes_of(&events, "node.completed", n).len(), 1, "{n}");
+    }
+    receiver
+        .wait_for(
+            "run.completed after restart",
+            Duration::from_secs(15),
+            |hs| {
+                hs.iter()
+                    .any(|h| h.json()["runId"] == json!(run) && h.json()["type"] == "run.completed")
+            },
+        )
+        .await;
+}
+
+/// 2-5 s of computing on the 2-core reference machine (spin's `durationMs` was 4849 under
+/// parallel load): long enough to be mid-computation when SIGTERM is sent.
+const SPIN_ITERATIONS: u64 = 2_000_000_000;

@@ -158,7 +158,7 @@ async fn closed_port() -> u16 {
 
 // ── helpers ─────────────────────────────────────────────────────────────────────────────────
 
-fn loopback_host(extra: &[&str]) -> Options {
+pub fn loopback_host(extra: &[&str]) -> Options {
     let mut args = vec!["--webhook-allow-loopback".to_string()];
     args.extend(extra.iter().map(|s| s.to_string()));
     Options {
@@ -167,7 +167,7 @@ fn loopback_host(extra: &[&str]) -> Options {
     }
 }
 
-async fn register(h: &Host, url: &str, events: &[&str]) -> Value {
+pub async fn register(h: &Host, url: &str, events: &[&str]) -> Value {
     let (status, body) = h
         .post("/v1/webhooks", json!({"url": url, "events": events}))
         .await;

@@ -581,6 +581,19 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// A node's `timeoutMs` deadline. While the host drains for shutdown no node can take a slot,
+/// so a deadline passing then says nothing about the node: it does not fire, and the node is
+/// dispatched again after the restart instead of failing.
+async fn node_deadline(
+    deadline: Option<tokio::time::Instant>,
+    admission: &crate::ops::admission::Admission,
+) {
+    sleep_until_opt(deadline).await;
+    if admission.is_draining() {
+        std::future::pending::<()>().await;
+    }
+}
+
 async fn cancelled(rx: &mut watch::Receiver<Option<String>>) -> String {
     loop {
         if let Some(r) = rx.borrow_and_update().clone() {
@@ -659,6 +672,8 @@ async fn run_node(
         };
 
         let t0 = Instant::now();
+        // The execution slot of a computed result, held until that result is committed.
+        let mut slot: Option<crate::ops::admission::ExecPermit> = None;
         let result: Option<NodeResult> = match &inputs {
             Err(msg) => Some(
                 NodeOutcome::Failed {
@@ -702,9 +717,15 @@ async fn run_node(
                         .engine
                         .admission
                         .gated(&ctx.run.tenant_id, exec.execute(inv));
+                    let admission = ctx.engine.admission.clone();
+                    let deadline =
+                        timeout_ms.map(|t| tokio::time::Instant::now() + Duration::from_millis(t));
                     tokio::select! {
-                        r = fut => Some(r),
-                        _ = sleep_until_opt(timeout_ms.map(|t| tokio::time::Instant::now() + Duration::from_millis(t))) => {
+                        (r, held) = fut => {
+                            slot = held;
+                            Some(r)
+                        }
+                        _ = node_deadline(deadline, &admission) => {
                             Some(NodeOutcome::Failed {
                                 code: "node_timeout".into(),
                                 message: format!("node '{}' exceeded its {} ms timeout", node.id, timeout_ms.unwrap_or(0)),
@@ -724,7 +745,7 @@ async fn run_node(
                 outcome: NodeOutcome::Interrupt(req),
                 events,
                 variables,
-            }) => match park_and_wait(&ctx, node, attempt, &req, &started_id, &mut cancel).await? {
+            }) => match park_and_wait(&ctx, node, attempt, &req, &started_id, slot.take(), &mut cancel).await? {
                 Some((outcome, cause_id)) => (
                     Some(NodeResult {
                         outcome,
@@ -796,6 +817,8 @@ async fn run_node(
                     );
                     let recs = ctx.append(events, None).await?;
                     cause = recs.last().map(|r| r.event_id.clone());
+                    // The failure is recorded: the back-off wait holds no slot.
+                    drop(slot.take());
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(delay)) => {}
                         reason = cancelled(&mut cancel) => {
@@ -836,6 +859,7 @@ async fn park_and_wait(
     attempt: u32,
     req: &crate::interrupts::InterruptRequest,
     started_id: &str,
+    slot: Option<crate::ops::admission::ExecPermit>,
     cancel: &mut watch::Receiver<Option<String>>,
 ) -> Result<Option<(NodeOutcome, String)>, StoreError> {
     use crate::interrupts::WaitEnd;
@@ -844,6 +868,8 @@ async fn park_and_wait(
     let rec = interrupts
         .park(&ctx.run.run_id, &node.id, &key, req, started_id)
         .await?;
+    // Parked durably: waiting for the resolution holds no execution slot.
+    drop(slot);
     Ok(match interrupts.wait(&rec, cancelled(cancel)).await? {
         WaitEnd::Cancelled(_) => None,
         WaitEnd::Resolved(done) => {

@@ -259,6 +259,12 @@ impl Admission {
         // Semaphores here are never closed, so acquisition cannot fail.
         let t = tenant_sem.acquire_owned().await.ok();
         let g = self.exec.clone().acquire_owned().await.ok();
+        if self.is_draining() {
+            // Shutting down: no node starts (or resumes) computing in this process. The wait
+            // ends when the process exits; the node is dispatched again on the next start.
+            drop((t, g));
+            return std::future::pending().await;
+        }
         self.executing.fetch_add(1, Ordering::Relaxed);
         ExecPermit {
             admission: self.clone(),
@@ -268,15 +274,23 @@ impl Admission {
     }
 
     /// Run `fut` (one node execution) holding an execution slot; inside it, [`park`] gives the
-    /// slot back while waiting.
-    pub async fn gated<F: Future>(self: &Arc<Self>, tenant: &str, fut: F) -> F::Output {
+    /// slot back while waiting. The slot comes back with the output: the caller keeps it until
+    /// the node's result is committed, so a graceful shutdown (which waits for slots to be
+    /// returned) never exits between a computed result and its event.
+    pub async fn gated<F: Future>(
+        self: &Arc<Self>,
+        tenant: &str,
+        fut: F,
+    ) -> (F::Output, Option<ExecPermit>) {
         let permit = self.acquire(tenant).await;
         let cell = Arc::new(SlotCell {
             admission: self.clone(),
             tenant: tenant.to_string(),
             permit: Mutex::new(Some(permit)),
         });
-        CURRENT.scope(cell, fut).await
+        let out = CURRENT.scope(cell.clone(), fut).await;
+        let permit = cell.permit.lock().unwrap_or_else(|p| p.into_inner()).take();
+        (out, permit)
     }
 }
 
@@ -425,13 +439,42 @@ mod tests {
             .await
         });
         // The parked execution holds no slot, so another one can compute to completion.
-        tokio::time::timeout(std::time::Duration::from_secs(5), a.gated("a", async { 7 }))
-            .await
-            .expect("slot was not released by park");
+        let (seven, _slot) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), a.gated("a", async { 7 }))
+                .await
+                .expect("slot was not released by park");
+        assert_eq!(seven, 7);
         tx.send(()).unwrap();
         parked.await.unwrap();
         assert_eq!(a.snapshot().executing, 0);
         assert_eq!(a.snapshot().queued, 0);
+    }
+
+    #[tokio::test]
+    async fn draining_lets_computing_work_finish_and_starts_none() {
+        let a = Admission::new(limits(10, 10, 4, 4));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let a2 = a.clone();
+        let running =
+            tokio::spawn(async move { a2.gated("a", async move { rx.await.ok() }).await });
+        while a.snapshot().executing == 0 {
+            tokio::task::yield_now().await;
+        }
+        a.start_draining();
+        // Work already computing finishes and hands its slot back with the result...
+        tx.send(()).unwrap();
+        let (out, slot) = running.await.unwrap();
+        assert!(out.is_some() && slot.is_some());
+        assert_eq!(a.snapshot().executing, 1, "held until the caller commits");
+        drop(slot);
+        assert_eq!(a.snapshot().executing, 0);
+        // ...and nothing new starts while draining, even with free slots.
+        let blocked = tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            a.gated("b", async {}),
+        )
+        .await;
+        assert!(blocked.is_err(), "a node started computing while draining");
     }
 
     #[tokio::test]

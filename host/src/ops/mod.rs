@@ -4,6 +4,7 @@
 
 pub mod admission;
 pub mod health;
+pub mod shutdown;
 
 use std::sync::Arc;
 
@@ -16,6 +17,8 @@ use crate::store::Store;
 pub struct OpsArgs {
     #[command(flatten)]
     pub admission: admission::AdmissionArgs,
+    #[command(flatten)]
+    pub shutdown: shutdown::ShutdownArgs,
 }
 
 /// Process-wide operational state shared by the probes, the admission gate and shutdown.

@@ -11,11 +11,13 @@
 
 pub mod config;
 pub mod dispatch;
+mod drain;
 pub mod fanout;
 pub mod signing;
 pub mod ssrf;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -114,6 +116,8 @@ pub struct WebhookService {
     wake: Notify,
     /// Delivery ids with an attempt in flight, and the per-subscription count.
     inflight: Mutex<(HashSet<String>, HashMap<String, u32>)>,
+    /// Runs the fan-out worker has taken off `queued` and not yet finished (drain.rs).
+    fanning: AtomicUsize,
 }
 
 impl WebhookService {
@@ -140,6 +144,7 @@ impl WebhookService {
             fanout_rx: Mutex::new(Some(fanout_rx)),
             wake: Notify::new(),
             inflight: Mutex::new((HashSet::new(), HashMap::new())),
+            fanning: AtomicUsize::new(0),
         }))
     }
 
@@ -331,6 +336,8 @@ impl WebhookService {
 
     async fn fanout_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<String>) {
         while let Some(run_id) = rx.recv().await {
+            // Counted busy before it leaves `queued`, so a flush never sees neither.
+            self.fanning.fetch_add(1, Ordering::SeqCst);
             // Unmark first: events committed while this run is processed queue it again.
             self.queued
                 .lock()
@@ -339,10 +346,14 @@ impl WebhookService {
             if let Err(e) = self.fanout_run(&run_id).await {
                 tracing::error!(run = %run_id, error = %e, "webhook fan-out failed; retrying shortly");
                 let this = self.clone();
+                // Still busy until re-queued: a flush must not pass over the retry.
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     this.queue(&run_id);
+                    this.fanning.fetch_sub(1, Ordering::SeqCst);
                 });
+            } else {
+                self.fanning.fetch_sub(1, Ordering::SeqCst);
             }
         }
     }
