@@ -439,7 +439,7 @@ mod tests {
             .await
         });
         // The parked execution holds no slot, so another one can compute to completion.
-        let (seven, _slot) =
+        let (seven, _) =
             tokio::time::timeout(std::time::Duration::from_secs(5), a.gated("a", async { 7 }))
                 .await
                 .expect("slot was not released by park");
