@@ -327,3 +327,50 @@ async fn sigterm_mid_run_drains_flushes_webhooks_exits_0_and_the_run_completes_a
 /// 2-5 s of computing on the 2-core reference machine (spin's `durationMs` was 4849 under
 /// parallel load): long enough to be mid-computation when SIGTERM is sent.
 const SPIN_ITERATIONS: u64 = 2_000_000_000;
+
+#[tokio::test]
+async fn a_parent_waiting_on_its_sub_workflow_holds_no_execution_slot() {
+    // One slot: a core.subWorkflow node that kept it while waiting would starve its own child.
+    let host = Host::start_with(with_args(&[
+        "--max-executing",
+        "1",
+        "--tenant-max-executing",
+        "1",
+    ]))
+    .await;
+    host.register(workflow(
+        "ops-child",
+        json!([node("n", "core.noop", json!({}), json!({}))]),
+        json!([]),
+        json!([]),
+    ))
+    .await;
+    host.register(workflow(
+        "ops-parent",
+        json!([
+            node(
+                "a",
+                "core.subWorkflow",
+                json!({"workflowId": "ops-child"}),
+                json!({})
+            ),
+            node(
+                "b",
+                "core.subWorkflow",
+                json!({"workflowId": "ops-child"}),
+                json!({})
+            )
+        ]),
+        json!([]),
+        json!([]),
+    ))
+    .await;
+    let run = host.create_run("ops-parent", json!({})).await;
+    let snap = host.wait_terminal(&run, Duration::from_secs(30)).await;
+    assert_eq!(snap["status"], "completed", "{snap}");
+    assert_eq!(
+        snap["childRuns"].as_array().map(Vec::len),
+        Some(2),
+        "{snap}"
+    );
+}

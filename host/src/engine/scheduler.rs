@@ -745,7 +745,17 @@ async fn run_node(
                 outcome: NodeOutcome::Interrupt(req),
                 events,
                 variables,
-            }) => match park_and_wait(&ctx, node, attempt, &req, &started_id, slot.take(), &mut cancel).await? {
+            }) => match park_and_wait(
+                &ctx,
+                node,
+                attempt,
+                &req,
+                &started_id,
+                slot.take(),
+                &mut cancel,
+            )
+            .await?
+            {
                 Some((outcome, cause_id)) => (
                     Some(NodeResult {
                         outcome,

@@ -169,7 +169,11 @@ impl NodeExecutor for SubWorkflow {
             Err(DispatchError::Node(r)) => return r,
             Err(DispatchError::Store(e)) => return storage(e),
         };
-        let child = match wait_for_terminal(&engine, &inv.ctx.run_id, &child_id).await {
+        // Waiting on the child computes nothing: give the execution slot back (the child
+        // needs one), or a wide fan-out would hold every slot and starve its own children.
+        let waited =
+            crate::ops::admission::park(wait_for_terminal(&engine, &inv.ctx.run_id, &child_id));
+        let child = match waited.await {
             Ok(c) => c,
             Err(e) => return storage(e),
         };
