@@ -38,6 +38,17 @@ fn with_args(args: &[&str]) -> Options {
     }
 }
 
+/// A host with a single execution slot, host-wide and per tenant.
+async fn one_slot_host() -> Host {
+    Host::start_with(with_args(&[
+        "--max-executing",
+        "1",
+        "--tenant-max-executing",
+        "1",
+    ]))
+    .await
+}
+
 /// `POST /v1/runs` for a run that parks for a minute (until cancelled).
 async fn post_parked(host: &Host, key: &str) -> reqwest::Response {
     host.client
@@ -162,13 +173,7 @@ async fn parked_runs_hold_no_execution_slot() {
 async fn runs_parked_on_interrupt_gates_hold_no_execution_slot() {
     // One slot host-wide and per tenant: a gate that kept its slot while waiting for a human
     // or an external event would leave the quick run below queued forever.
-    let host = Host::start_with(with_args(&[
-        "--max-executing",
-        "1",
-        "--tenant-max-executing",
-        "1",
-    ]))
-    .await;
+    let host = one_slot_host().await;
     let mut parked = Vec::new();
     for (workflow, status) in [
         ("conformance-approval", "waiting-approval"),
@@ -331,13 +336,7 @@ const SPIN_ITERATIONS: u64 = 2_000_000_000;
 #[tokio::test]
 async fn a_parent_waiting_on_its_sub_workflow_holds_no_execution_slot() {
     // One slot: a core.subWorkflow node that kept it while waiting would starve its own child.
-    let host = Host::start_with(with_args(&[
-        "--max-executing",
-        "1",
-        "--tenant-max-executing",
-        "1",
-    ]))
-    .await;
+    let host = one_slot_host().await;
     host.register(workflow(
         "ops-child",
         json!([node("n", "core.noop", json!({}), json!({}))]),
