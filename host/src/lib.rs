@@ -19,6 +19,7 @@ pub mod ops;
 pub mod packs;
 pub mod retention;
 pub mod store;
+pub mod telemetry;
 pub mod webhooks;
 
 use std::path::Path;
@@ -63,6 +64,9 @@ pub const CORE_FIXTURES: [&str; 16] = [
 
 /// How often a serving host re-reads the config file's keys (a revocation applies this fast).
 pub const KEY_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The OpenWOP protocol version this host speaks (discovery's `protocolVersion`).
+pub const PROTOCOL_VERSION: &str = "1.0";
 
 /// Version stamped on events (`engineVersion`).
 pub const ENGINE_VERSION: &str = concat!("wopbox/", env!("CARGO_PKG_VERSION"));

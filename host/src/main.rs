@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand};
 
 use wopbox::client::Client;
 use wopbox::config::{Config, ServeArgs};
+use wopbox::telemetry::LogFormat;
 
 #[derive(Parser)]
 #[command(
@@ -13,6 +14,16 @@ use wopbox::config::{Config, ServeArgs};
     about = "OpenWOP v1 host that runs untrusted node packs in a wasmtime sandbox"
 )]
 struct Cli {
+    /// How log lines are written to stderr: `text` for people, `json` (one object per line,
+    /// with the run id, tenant and correlation id of the enclosing spans) for collectors.
+    #[arg(
+        long,
+        global = true,
+        env = "WOPBOX_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -205,14 +216,10 @@ async fn pack_test(args: &wopbox::authoring::local_test::PackTestArgs) -> ExitCo
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("wopbox=info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // The OTel test seam needs the span recorder; only a host serving test seams records.
+    let record_spans = matches!(&cli.command, Command::Serve(a) if a.packs.enable_test_seams);
+    wopbox::telemetry::init(cli.log_format, record_spans);
     match cli.command {
         Command::Serve(args) => {
             let config = Config::from_args(args)?;

@@ -78,6 +78,8 @@ pub struct Options {
     pub data_dir: Option<PathBuf>,
     /// `--database URL` (Postgres); `None` = embedded SQLite.
     pub database: Option<String>,
+    /// Collect the host's stderr lines in [`Host::stderr`] instead of passing them through.
+    pub capture_stderr: bool,
 }
 
 impl Default for Options {
@@ -89,6 +91,7 @@ impl Default for Options {
             env: vec![],
             data_dir: None,
             database: None,
+            capture_stderr: false,
         }
     }
 }
@@ -100,6 +103,8 @@ pub struct Host {
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     pub stdout: Arc<Mutex<Vec<String>>>,
+    /// The host's stderr lines (only with [`Options::capture_stderr`]).
+    pub stderr: Arc<Mutex<Vec<String>>>,
     pub client: reqwest::Client,
 }
 
@@ -138,11 +143,27 @@ impl Host {
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
-        cmd.env("RUST_LOG", "wopbox=warn");
+        if !opts.env.iter().any(|(k, _)| k == "RUST_LOG") {
+            cmd.env("RUST_LOG", "wopbox=warn");
+        }
         cmd.stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if opts.capture_stderr {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .stdin(Stdio::null());
         let mut child = cmd.spawn().expect("spawn wopbox");
+        let err_lines = Arc::new(Mutex::new(Vec::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let lines = err_lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
         let stdout = child.stdout.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel::<String>();
@@ -189,6 +210,7 @@ impl Host {
             data_dir,
             _tmp: tmp,
             stdout: lines,
+            stderr: err_lines,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()

@@ -32,7 +32,7 @@ impl Discovery {
         let d = Discovery {
             doc: RwLock::new(Doc::default()),
         };
-        d.set_block("protocolVersion", json!("1.0"), false);
+        d.set_block("protocolVersion", json!(crate::PROTOCOL_VERSION), false);
         d.set_block(
             "implementation",
             json!({"name": "wopbox", "version": env!("CARGO_PKG_VERSION"), "vendor": "wopbox"}),

@@ -16,9 +16,12 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::auth::{Auth, Principal};
 use super::error::ApiError;
+use super::request_trace::set_trace_headers;
 use super::runs::load_run;
 use super::AppState;
 use crate::store::{is_terminal_status, EventRecord};
+use crate::telemetry::trace::run_trace;
+use crate::telemetry::TraceContext;
 
 const PAGE: i64 = 1000;
 
@@ -69,13 +72,14 @@ pub async fn poll(
             }
         },
     };
-    Ok(
-        axum::Json(poll_page(&st, &principal, &run_id, cursor, limit, wait_ms).await?)
-            .into_response(),
-    )
+    let (page, trace) = poll_page(&st, &principal, &run_id, cursor, limit, wait_ms).await?;
+    let mut resp = axum::Json(page).into_response();
+    set_trace_headers(resp.headers_mut(), &trace);
+    Ok(resp)
 }
 
-/// One page of committed events after `cursor` (the poll response shape).
+/// One page of committed events after `cursor` (the poll response shape), and the run's
+/// trace context for the response's `traceparent`.
 async fn poll_page(
     st: &AppState,
     principal: &Principal,
@@ -83,7 +87,7 @@ async fn poll_page(
     cursor: i64,
     limit: i64,
     wait_ms: u64,
-) -> Result<serde_json::Value, ApiError> {
+) -> Result<(serde_json::Value, TraceContext), ApiError> {
     let mut run = load_run(st, principal, run_id).await?;
     let store = st.engine.store();
     let mut events = store.list_events(run_id, cursor, limit).await?;
@@ -100,7 +104,8 @@ async fn poll_page(
     let last = events.last().map(|e| e.sequence).unwrap_or(cursor);
     let has_more = events.len() as i64 == limit;
     let terminal = is_terminal_status(&run.status);
-    Ok(json!({
+    let trace = run_trace(&run).0;
+    let page = json!({
         "runId": run_id,
         "events": events.iter().map(EventRecord::to_json).collect::<Vec<_>>(),
         "lastEventSeq": last,
@@ -109,7 +114,8 @@ async fn poll_page(
         "runStatus": run.status,
         "isTerminal": terminal,
         "isComplete": terminal && !has_more,
-    }))
+    });
+    Ok((page, trace))
 }
 
 /// Event types hidden by the default `updates` stream mode (stream-modes.md).
@@ -150,7 +156,7 @@ pub async fn sse(
         .map(|s| s.trim().to_string())
         .or_else(|| q.get("lastSequence").cloned());
     let after = parse_cursor(resume_raw.as_ref(), "Last-Event-ID")?;
-    load_run(&st, &principal, &run_id).await?;
+    let trace = run_trace(&load_run(&st, &principal, &run_id).await?).0;
 
     // Content negotiation: a client that asks for JSON only gets the poll shape.
     let accept = headers
@@ -158,9 +164,10 @@ pub async fn sse(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if accept.contains("application/json") && !accept.contains("text/event-stream") {
-        return Ok(
-            axum::Json(poll_page(&st, &principal, &run_id, after, PAGE, 0).await?).into_response(),
-        );
+        let (page, trace) = poll_page(&st, &principal, &run_id, after, PAGE, 0).await?;
+        let mut resp = axum::Json(page).into_response();
+        set_trace_headers(resp.headers_mut(), &trace);
+        return Ok(resp);
     }
 
     // Subscribe before reading the backlog; de-duplicate by sequence.
@@ -182,6 +189,7 @@ pub async fn sse(
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp.headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    set_trace_headers(resp.headers_mut(), &trace);
     Ok(resp)
 }
 

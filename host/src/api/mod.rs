@@ -10,7 +10,9 @@ pub mod error;
 pub mod events;
 pub mod execute;
 pub mod interrupts;
+pub mod otel_seam;
 pub mod packs;
+pub mod request_trace;
 pub mod run_seams;
 pub mod runs;
 pub mod scopes;
@@ -72,6 +74,9 @@ pub fn router(state: AppState, extra: Vec<Router<AppState>>) -> Router {
             auth::require_auth,
         ))
         .layer(middleware::from_fn(envelope_guard))
+        // Outermost: the request span encloses auth and every handler, and a 5xx envelope
+        // gains its correlation id after the guard has made it an envelope.
+        .layer(middleware::from_fn(request_trace::trace_request))
         .with_state(state)
 }
 

@@ -3,14 +3,18 @@
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use serde_json::{json, Map, Value};
 
 use super::auth::{Auth, Principal};
 use super::body::{JsonBody, OptionalJsonBody};
 use super::error::ApiError;
+use super::request_trace::{set_trace_headers, RequestTrace};
 use super::AppState;
 use crate::engine::{canonical_json, sha256_hex, CancelOutcome, EngineError};
 use crate::store::{CreateRunOutcome, IdempotencyClaim, RunRecord};
+use crate::telemetry::trace::{run_trace, TRACE_CONTEXT};
+use crate::telemetry::TraceContext;
 
 pub const REPLAY_HEADER: &str = "openwop-idempotent-replay";
 
@@ -43,6 +47,7 @@ pub fn idempotency_scope(principal: &Principal, endpoint: &str, key: &str) -> St
 pub async fn create(
     State(st): State<AppState>,
     Auth(principal): Auth,
+    trace: Option<Extension<RequestTrace>>,
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
@@ -130,6 +135,16 @@ pub async fn create(
         Err(EngineError::Store(e)) => return Err(e.into()),
     };
 
+    // The run continues the caller's trace (a valid incoming `traceparent`) in a span of its
+    // own; persisted with the run so whichever process drives it stays in the same trace.
+    let (run_trace, parent_span) = match &trace {
+        Some(Extension(t)) => t.for_run(),
+        None => (TraceContext::new_root(), None),
+    };
+    options.insert(
+        TRACE_CONTEXT.into(),
+        run_trace.to_json(parent_span.as_deref()),
+    );
     let run = prepared.into_record(
         principal.tenant.clone(),
         principal.id.clone(),
@@ -154,14 +169,23 @@ pub async fn create(
     });
     match st.engine.store().create_run(&run, claim.as_ref()).await? {
         CreateRunOutcome::Created => {
+            tracing::info!(
+                metricKind = "openwop.run.created",
+                runId = %run_id,
+                workflowId = %workflow_id,
+                tenantId = %principal.tenant,
+                "run created"
+            );
             st.engine.start_admitted(run, slot);
             let location = HeaderValue::from_str(&format!("/v1/runs/{run_id}")).unwrap();
-            Ok((
+            let mut resp = (
                 StatusCode::CREATED,
                 [(header::LOCATION, location)],
                 axum::Json(response),
             )
-                .into_response())
+                .into_response();
+            set_trace_headers(resp.headers_mut(), &run_trace);
+            Ok(resp)
         }
         CreateRunOutcome::Replay { status, body } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED);
@@ -219,6 +243,7 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     let run = load_run(&st, &principal, &run_id).await?;
     let mut snap = run.snapshot();
+    let trace = run_trace(&run).0;
     if !run.is_terminal() {
         // A parked run surfaces its interrupt (and the tokens that resolve / inspect it).
         let pending = st.engine.interrupts().pending_views(&run_id).await?;
@@ -231,7 +256,9 @@ pub async fn get(
     if !children.is_empty() {
         snap["childRuns"] = Value::Array(children);
     }
-    Ok(axum::Json(snap).into_response())
+    let mut resp = axum::Json(snap).into_response();
+    set_trace_headers(resp.headers_mut(), &trace);
+    Ok(resp)
 }
 
 pub async fn cancel(

@@ -15,6 +15,7 @@ use chrono::Utc;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::events::EventLog;
 use crate::ops::admission::{Admission, Limits, RunSlot};
@@ -60,6 +61,26 @@ impl From<StoreError> for EngineError {
     fn from(e: StoreError) -> Self {
         EngineError::Store(e)
     }
+}
+
+/// The `openwop.run` span (observability.md §"Span attributes"): every log line written while
+/// the run executes carries its run id, workflow, tenant and correlation id (the W3C trace id,
+/// persisted with the run, so a restart or another process continues the same trace).
+/// Started from a request, it nests under that request's span.
+fn run_span(run: &RunRecord) -> tracing::Span {
+    let (trace, parent) = crate::telemetry::trace::run_trace(run);
+    tracing::info_span!(
+        "openwop.run",
+        openwop.run_id = %run.run_id,
+        openwop.workflow_id = %run.workflow_id,
+        openwop.tenant_id = %run.tenant_id,
+        openwop.scope_id = run.options.get("scopeId").and_then(serde_json::Value::as_str),
+        openwop.protocol_version = crate::PROTOCOL_VERSION,
+        correlation_id = %trace.trace_id,
+        trace_id = %trace.trace_id,
+        span_id = %trace.span_id,
+        parent_span_id = parent.as_deref(),
+    )
 }
 
 /// What `POST /v1/runs` needs from the engine before it stores the run.
@@ -368,6 +389,7 @@ impl Engine {
             },
         );
         let engine = self.clone();
+        let span = run_span(&run);
         tokio::spawn(async move {
             let run_id = run.run_id.clone();
             match scheduler::drive(engine.clone(), run, resume, rx, variables).await {
@@ -389,7 +411,7 @@ impl Engine {
             }
             engine.active.lock().unwrap().remove(&run_id);
             drop(slot);
-        });
+        }.instrument(span));
     }
 
     /// Best-effort terminal failure for a run whose driver could not continue (storage errors),

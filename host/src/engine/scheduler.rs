@@ -15,6 +15,9 @@ use super::dag::{self, Graph, TriggerRule};
 use super::registry::{NodeContext, NodeInvocation, NodeOutcome, NodeResult};
 use super::{CancelSignal, Engine};
 use crate::store::{ts, EventRecord, NewEvent, RunRecord, RunUpdate, StoreError};
+use crate::telemetry::trace::{new_span_id, run_trace};
+use crate::telemetry::TraceContext;
+use tracing::Instrument;
 
 #[derive(Debug, Clone)]
 enum NodeState {
@@ -62,6 +65,55 @@ struct RunCtx {
     /// The run's current variables (`run.variables` is the bag at start). Writers hold the
     /// lock across the store commit so concurrent writes cannot lose each other.
     variables: Arc<tokio::sync::Mutex<Value>>,
+    /// The run's `openwop.run` span position (parent of its node spans).
+    trace: TraceContext,
+}
+
+/// How a node task enters its node: the attempt number, the event it was parked at before a
+/// restart (if any), and the span id of its `openwop.node.<typeId>` span.
+struct Entry {
+    first_attempt: u32,
+    parked_at: Option<String>,
+    span_id: String,
+}
+
+/// The `openwop.node.<typeId>` span. Span names are static in `tracing`, so the per-type name
+/// is carried in `otel.name` (the convention OTel bridges read); the attempt is zero-based as
+/// observability.md asks and re-recorded on each retry.
+fn node_span(ctx: &RunCtx, node: &dag::Node, first_attempt: u32, span_id: &str) -> tracing::Span {
+    tracing::info_span!(
+        "openwop.node",
+        otel.name = %format!("openwop.node.{}", node.type_id),
+        openwop.node_id = %node.id,
+        openwop.node_type = %node.type_id,
+        openwop.node_attempt = first_attempt.saturating_sub(1),
+        trace_id = %ctx.trace.trace_id,
+        span_id = %span_id,
+        parent_span_id = %ctx.trace.span_id,
+    )
+}
+
+/// The `openwop.run.completed` log record (observability.md §"Structured-log metric
+/// records"); a failure is logged at `error`, the default severity of `run.failed`.
+fn log_terminal(run_id: &str, status: &str, error_code: Option<&str>, duration_ms: u64) {
+    if status == "failed" {
+        tracing::error!(
+            metricKind = "openwop.run.completed",
+            runId = %run_id,
+            status,
+            errorCode = error_code,
+            durationMs = duration_ms,
+            "run failed"
+        );
+    } else {
+        tracing::info!(
+            metricKind = "openwop.run.completed",
+            runId = %run_id,
+            status,
+            durationMs = duration_ms,
+            "run {status}"
+        );
+    }
 }
 
 impl RunCtx {
@@ -132,6 +184,7 @@ pub(super) async fn drive(
     };
     let ctx = Arc::new(RunCtx {
         engine: engine.clone(),
+        trace: run_trace(&run).0,
         run,
         graph: graph.clone(),
         variables,
@@ -293,13 +346,19 @@ pub(super) async fn drive(
                     let task_ctx = ctx.clone();
                     let cancel = node_cancel_rx.clone();
                     let parked_at = parked[i].take();
-                    let first_attempt = attempts[i] + u32::from(parked_at.is_none());
-                    tasks.spawn(async move {
-                        let r =
-                            run_node(task_ctx, i, inputs, cause, cancel, first_attempt, parked_at)
-                                .await;
-                        (i, r)
-                    });
+                    let entry = Entry {
+                        first_attempt: attempts[i] + u32::from(parked_at.is_none()),
+                        parked_at,
+                        span_id: new_span_id(),
+                    };
+                    let span = node_span(&ctx, node, entry.first_attempt, &entry.span_id);
+                    tasks.spawn(
+                        async move {
+                            let r = run_node(task_ctx, i, inputs, cause, cancel, entry).await;
+                            (i, r)
+                        }
+                        .instrument(span),
+                    );
                 }
                 if !progressed {
                     break;
@@ -383,6 +442,17 @@ pub(super) async fn drive(
     }
     let duration_ms = started.elapsed().as_millis() as u64;
     let now = ts(Utc::now());
+    let (status, error_code) = match &stop {
+        Some(Stop::Cancel(_)) => ("cancelled", None),
+        Some(Stop::Fail { error, .. }) => (
+            "failed",
+            error
+                .get("code")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        ),
+        None => ("completed", None),
+    };
     let (event, update) = match stop {
         Some(Stop::Cancel(signal)) => (
             NewEvent::new("run.cancelled", signal.payload(&ctx.run))
@@ -432,7 +502,11 @@ pub(super) async fn drive(
         completed_at: Some(now),
         ..update
     };
-    ignore_terminal(ctx.append(vec![event], Some(update)).await.map(|_| ()))
+    let appended = ctx.append(vec![event], Some(update)).await.map(|_| ());
+    if appended.is_ok() {
+        log_terminal(&ctx.run.run_id, status, error_code.as_deref(), duration_ms);
+    }
+    ignore_terminal(appended)
 }
 
 fn ignore_terminal(r: Result<(), StoreError>) -> Result<(), StoreError> {
@@ -632,9 +706,13 @@ async fn run_node(
     inputs: Result<Value, String>,
     cause: Option<String>,
     mut cancel: watch::Receiver<Option<String>>,
-    first_attempt: u32,
-    mut parked_at: Option<String>,
+    entry: Entry,
 ) -> Result<NodeEnd, StoreError> {
+    let Entry {
+        first_attempt,
+        mut parked_at,
+        span_id,
+    } = entry;
     let graph = &ctx.graph;
     let node = &graph.nodes[i];
     let max_retries = max_retries(graph, &node.settings);
@@ -650,6 +728,9 @@ async fn run_node(
     let started_at = Instant::now();
     loop {
         attempts_here += 1;
+        if attempt != first_attempt {
+            tracing::Span::current().record("openwop.node_attempt", attempt.saturating_sub(1));
+        }
         let started_id = match parked_at.take() {
             // Re-entering a node that was parked before a restart: it did start already.
             Some(id) => id,
@@ -752,6 +833,7 @@ async fn run_node(
                 &req,
                 &started_id,
                 slot.take(),
+                &span_id,
                 &mut cancel,
             )
             .await?
@@ -806,6 +888,16 @@ async fn run_node(
                     commit_variable_writes(&ctx, &node.id, &started_id, result.variables, events)
                         .await?
                 };
+                tracing::debug!(
+                    metricKind = "openwop.node.completed",
+                    runId = %ctx.run.run_id,
+                    nodeId = %node.id,
+                    nodeType = %node.type_id,
+                    status = "completed",
+                    durationMs = duration_ms,
+                    attempt,
+                    "node completed"
+                );
                 return Ok(NodeEnd::Done {
                     output,
                     event_id: recs.last().unwrap().event_id.clone(),
@@ -826,6 +918,12 @@ async fn run_node(
                         .caused_by(Some(&started_id)),
                     );
                     let recs = ctx.append(events, None).await?;
+                    tracing::info!(
+                        errorCode = error["code"].as_str(),
+                        attempt,
+                        delayMs = delay,
+                        "node attempt failed; retrying"
+                    );
                     cause = recs.last().map(|r| r.event_id.clone());
                     // The failure is recorded: the back-off wait holds no slot.
                     drop(slot.take());
@@ -852,6 +950,18 @@ async fn run_node(
                     .caused_by(Some(&started_id)),
                 );
                 let recs = ctx.append(events, None).await?;
+                tracing::warn!(
+                    metricKind = "openwop.node.completed",
+                    runId = %ctx.run.run_id,
+                    nodeId = %node.id,
+                    nodeType = %node.type_id,
+                    status = "failed",
+                    errorCode = error["code"].as_str(),
+                    error = error["message"].as_str(),
+                    durationMs = started_at.elapsed().as_millis() as u64,
+                    attempt,
+                    "node failed"
+                );
                 return Ok(NodeEnd::Failed {
                     error,
                     event_id: recs.last().unwrap().event_id.clone(),
@@ -870,6 +980,7 @@ async fn park_and_wait(
     req: &crate::interrupts::InterruptRequest,
     started_id: &str,
     slot: Option<crate::ops::admission::ExecPermit>,
+    node_span_id: &str,
     cancel: &mut watch::Receiver<Option<String>>,
 ) -> Result<Option<(NodeOutcome, String)>, StoreError> {
     use crate::interrupts::WaitEnd;
@@ -880,7 +991,21 @@ async fn park_and_wait(
         .await?;
     // Parked durably: waiting for the resolution holds no execution slot.
     drop(slot);
-    Ok(match interrupts.wait(&rec, cancelled(cancel)).await? {
+    // `openwop.interrupt`: open while the node waits (observability.md §"Span naming").
+    let span = tracing::info_span!(
+        "openwop.interrupt",
+        openwop.interrupt_kind = %rec.kind,
+        openwop.interrupt_id = %rec.interrupt_id,
+        trace_id = %ctx.trace.trace_id,
+        span_id = %new_span_id(),
+        parent_span_id = %node_span_id,
+    );
+    tracing::info!(parent: &span, kind = %rec.kind, "node waiting on an interrupt");
+    let end = interrupts
+        .wait(&rec, cancelled(cancel))
+        .instrument(span)
+        .await?;
+    Ok(match end {
         WaitEnd::Cancelled(_) => None,
         WaitEnd::Resolved(done) => {
             let output = done.resolution.clone().unwrap_or(json!({}));

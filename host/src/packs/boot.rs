@@ -139,6 +139,15 @@ pub async fn attach(host: &mut Host, args: &PackArgs) -> anyhow::Result<Arc<Pack
         let seams = crate::api::seams::Seams::load(sandbox, service.clone()).await;
         host.routers.push(crate::api::seams::router(seams));
         host.routers.push(crate::api::run_seams::router());
+        // The span recorder exists only when the binary installed it for the seams.
+        if crate::telemetry::SpanRecorder::installed() {
+            host.routers.push(crate::api::otel_seam::router());
+            host.discovery.set_block(
+                "observability",
+                serde_json::json!({"testSeams": {"otelScrape": true}}),
+                true,
+            );
+        }
     }
     Ok(service)
 }

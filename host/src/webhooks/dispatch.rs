@@ -10,6 +10,7 @@ use super::config::WebhookArgs;
 use super::signing;
 use super::ssrf::{check_url, EgressPolicy, GuardedResolver, Rejection};
 use crate::store::webhooks::{AttemptOutcome, Delivery, Subscription};
+use crate::telemetry::TraceContext;
 
 pub const USER_AGENT_VALUE: &str =
     concat!("openwop-webhook-dispatcher/", env!("CARGO_PKG_VERSION"));
@@ -39,8 +40,24 @@ pub fn backoff(settings: &WebhookArgs, attempts: u32) -> Duration {
     Duration::from_millis(((raw as f64) * jitter).round().max(1.0) as u64)
 }
 
-fn headers(sub: &Subscription, d: &Delivery, timestamp: i64, signature: &str) -> HeaderMap {
+fn headers(
+    sub: &Subscription,
+    d: &Delivery,
+    timestamp: i64,
+    signature: &str,
+    trace: Option<&TraceContext>,
+) -> HeaderMap {
     let mut h = HeaderMap::new();
+    // W3C Trace Context: the receiver's spans nest under this delivery's span, in the run's
+    // trace (observability.md: propagate into every external call, webhooks included).
+    if let Some(t) = trace {
+        if let Ok(v) = HeaderValue::from_str(&t.traceparent()) {
+            h.insert("traceparent", v);
+        }
+        if let Some(Ok(v)) = t.tracestate.as_deref().map(HeaderValue::from_str) {
+            h.insert("tracestate", v);
+        }
+    }
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
     let values = [
@@ -73,11 +90,14 @@ pub enum Attempt {
     },
 }
 
+/// One POST of `d` to `sub`; `trace` (the delivery span's position) becomes its
+/// `traceparent`.
 pub async fn attempt(
     client: &reqwest::Client,
     policy: EgressPolicy,
     sub: &Subscription,
     d: &Delivery,
+    trace: Option<&TraceContext>,
 ) -> Attempt {
     // Re-validate the stored URL under the current policy (the operator may have dropped the
     // loopback flag since registration).
@@ -102,7 +122,7 @@ pub async fn attempt(
     let signature = signing::sign(&sub.secret, timestamp, d.body.as_bytes());
     let result = client
         .post(url)
-        .headers(headers(sub, d, timestamp, &signature))
+        .headers(headers(sub, d, timestamp, &signature, trace))
         .body(d.body.clone())
         .send()
         .await;

@@ -24,6 +24,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Notify};
+use tracing::Instrument;
 
 use crate::audit::AuditLog;
 use crate::events::EventSink;
@@ -31,6 +32,7 @@ use crate::store::webhooks::{Delivery, NewDelivery, Subscription};
 use crate::store::{
     ts, CreateRunOutcome, EventRecord, IdempotencyClaim, Store, StoreError, StoreResult,
 };
+use crate::telemetry::TraceContext;
 use config::WebhookArgs;
 use ssrf::EgressPolicy;
 
@@ -554,7 +556,25 @@ impl WebhookService {
         let attempts = u32::try_from(d.attempts)
             .unwrap_or(u32::MAX)
             .saturating_add(1);
-        let result = dispatch::attempt(&self.client, self.policy, &sub, &d).await;
+        // The delivery is an `openwop.activity.webhook` span in the run's trace.
+        let call = match self.store.get_run(&d.run_id).await {
+            Ok(Some(run)) => Some(crate::telemetry::trace::run_trace(&run).0),
+            _ => None,
+        };
+        let span_ctx = call.as_ref().map(TraceContext::child);
+        let span = tracing::info_span!(
+            "openwop.activity",
+            otel.name = "openwop.activity.webhook",
+            openwop.run_id = %d.run_id,
+            webhook = %sub.webhook_id,
+            delivery = %d.delivery_id,
+            trace_id = span_ctx.as_ref().map(|c| c.trace_id.as_str()),
+            span_id = span_ctx.as_ref().map(|c| c.span_id.as_str()),
+            parent_span_id = call.as_ref().map(|c| c.span_id.as_str()),
+        );
+        let result = dispatch::attempt(&self.client, self.policy, &sub, &d, span_ctx.as_ref())
+            .instrument(span)
+            .await;
         let outcome = dispatch::outcome(
             &self.settings,
             attempts,
