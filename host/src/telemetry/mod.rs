@@ -14,6 +14,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+use std::io::IsTerminal;
+
 pub use spans::SpanRecorder;
 pub use trace::TraceContext;
 
@@ -41,7 +43,9 @@ pub fn init(format: LogFormat, record_spans: bool) {
         m.is_span() && m.target().starts_with("wopbox")
     }));
     let fmt = match format {
+        // Colour only for a terminal: escape codes in a log file or pipe are noise.
         LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
