@@ -373,3 +373,49 @@ async fn webhook_deliveries_carry_the_runs_trace() {
     assert_ne!(span, parts(run_tp).1, "the delivery has a span of its own");
     assert_eq!(hit.header("tracestate"), "congo=t61rcWkgMzE");
 }
+
+#[tokio::test]
+async fn a_sub_workflow_child_continues_the_parents_trace_under_the_invoke_node() {
+    let h = Host::start_with(Options {
+        extra_args: vec!["--enable-test-seams".into()],
+        ..Options::default()
+    })
+    .await;
+    let (parent, tp) =
+        create_traced(&h, "conformance-subworkflow-parent", Some(&traceparent())).await;
+    let snap = h.wait_terminal(&parent, Duration::from_secs(10)).await;
+    assert_eq!(snap["status"], "completed", "{snap}");
+    let child = snap["childRuns"][0]["runId"].as_str().unwrap().to_string();
+    let (_, pspans) = h
+        .get(&format!("/v1/host/sample/test/otel/spans?runId={parent}"))
+        .await;
+    let invoke = pspans["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "openwop.node.core.subWorkflow")
+        .unwrap_or_else(|| panic!("no invoke-node span: {pspans}"))
+        .clone();
+    assert_eq!(invoke["parentSpanId"], json!(parts(&tp).1));
+    // The child's run span: same trace, child of the parent's invoke-node span, with the
+    // openwop.parent.* attributes.
+    let csnap = h.snapshot(&child).await;
+    let ctp = csnap["traceContext"]["traceparent"].as_str().unwrap();
+    assert_eq!(parts(ctp).0, TRACE);
+    assert_eq!(csnap["traceContext"]["parentSpanId"], invoke["spanId"]);
+    let (_, cspans) = h
+        .get(&format!("/v1/host/sample/test/otel/spans?runId={child}"))
+        .await;
+    let runs = seam_spans(&cspans, "openwop.run");
+    assert_eq!(runs.len(), 1, "{cspans}");
+    assert_eq!(runs[0]["traceId"], TRACE);
+    assert_eq!(runs[0]["parentSpanId"], invoke["spanId"]);
+    assert_eq!(
+        runs[0]["attributes"]["openwop.parent.run_id"],
+        json!(parent)
+    );
+    assert_eq!(
+        runs[0]["attributes"]["openwop.parent.node_id"],
+        invoke["attributes"]["openwop.node_id"]
+    );
+}

@@ -76,6 +76,8 @@ fn run_span(run: &RunRecord) -> tracing::Span {
         openwop.tenant_id = %run.tenant_id,
         openwop.scope_id = run.options.get("scopeId").and_then(serde_json::Value::as_str),
         openwop.protocol_version = crate::PROTOCOL_VERSION,
+        openwop.parent.run_id = run.parent_run_id.as_deref(),
+        openwop.parent.node_id = run.parent_node_id.as_deref(),
         correlation_id = %trace.trace_id,
         trace_id = %trace.trace_id,
         span_id = %trace.span_id,

@@ -19,6 +19,9 @@ pub struct NodeContext {
     pub attempt: u32,
     /// The run's variables (definition defaults overlaid by the request's inputs).
     pub variables: Value,
+    /// The node's `openwop.node.<typeId>` span in the run's trace: a node that starts other
+    /// work (a sub-workflow) continues the trace from here.
+    pub trace: Option<crate::telemetry::TraceContext>,
 }
 
 /// One node invocation.

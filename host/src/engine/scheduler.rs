@@ -791,6 +791,10 @@ async fn run_node(
                             tenant_id: ctx.run.tenant_id.clone(),
                             attempt,
                             variables: ctx.variables.lock().await.clone(),
+                            trace: Some(TraceContext {
+                                span_id: span_id.clone(),
+                                ..ctx.trace.clone()
+                            }),
                         },
                     };
                     // Computing needs an execution slot; parked waits inside give it back.

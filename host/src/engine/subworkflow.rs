@@ -16,6 +16,7 @@ use super::dag::Graph;
 use super::registry::{NodeExecutor, NodeInvocation, NodeOutcome, NodeResult};
 use super::{CancelSignal, Engine, EngineError};
 use crate::store::{is_terminal_status, RunRecord, StoreError};
+use crate::telemetry::trace::TRACE_CONTEXT;
 
 pub const TYPE_ID: &str = "core.subWorkflow";
 
@@ -263,12 +264,18 @@ async fn find_or_start_child(
             m.remove(k);
         }
     }
-    // A child belongs to its parent's tenant and acts for the parent's principal.
+    // A child belongs to its parent's tenant and acts for the parent's principal. Its run
+    // span is a child of this invoke node's span, in the parent's trace (observability.md
+    // §"Sub-workflow attributes").
+    let options = match &inv.ctx.trace {
+        Some(t) => json!({TRACE_CONTEXT: t.child().to_json(Some(&t.span_id))}),
+        None => json!({}),
+    };
     let mut child = prepared.into_record(
         parent.tenant_id.clone(),
         parent.principal_id.clone(),
         Value::Object(inputs),
-        json!({}),
+        options,
     );
     child.parent_run_id = Some(parent.run_id.clone());
     child.parent_node_id = Some(inv.ctx.node_id.clone());
