@@ -142,6 +142,8 @@ impl Host {
             Some(audit.clone()),
         )?;
         events.add_sink(webhooks.clone());
+        let metrics = ops::metrics::Metrics::new(admission.clone(), webhooks.clone());
+        events.add_sink(metrics.clone());
         let cluster = shared.clone().map(|shared| {
             engine.set_shared(shared.clone());
             Arc::new(cluster::Cluster {
@@ -162,6 +164,7 @@ impl Host {
         let routers = vec![
             api::webhooks::router(webhooks.clone()),
             api::audit::router(audit.clone()),
+            ops::metrics::router(metrics),
             api::interrupts::router(),
         ];
         let retention = retention::Retention::new(store.clone(), config.retention.clone());

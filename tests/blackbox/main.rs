@@ -15,6 +15,7 @@ mod interop;
 mod interrupt_auth;
 mod interrupt_cascade;
 mod interrupts;
+mod metrics;
 mod observability;
 mod ops;
 mod packs;

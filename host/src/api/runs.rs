@@ -176,6 +176,7 @@ pub async fn create(
                 tenantId = %principal.tenant,
                 "run created"
             );
+            st.engine.admission().counters.created(&run.tenant_id);
             st.engine.start_admitted(run, slot);
             let location = HeaderValue::from_str(&format!("/v1/runs/{run_id}")).unwrap();
             let mut resp = (

@@ -41,6 +41,8 @@ pub fn required(method: &Method, path: &str) -> &'static [&'static str] {
         ["v1", "packs", _, "-", _] if *method == Method::PUT => &["packs:publish"],
         ["v1", "packs", _, "-", _] if *method == Method::DELETE => &["packs:delete"],
         ["v1", "x-wopbox", "execute"] if *method == Method::POST => &["packs:execute"],
+        // Host-wide operational figures (every tenant's): an operator scope.
+        ["metrics"] if read => &["metrics:read"],
 
         _ => FULL,
     }

@@ -127,6 +127,16 @@ pub struct Admission {
     queued: AtomicUsize,
     executing: AtomicUsize,
     draining: AtomicBool,
+    /// Admitted and refused runs, for `/metrics` (counted where the decision is made).
+    pub counters: super::metrics::AdmissionCounters,
+}
+
+/// One tenant's point-in-time figures (`/metrics`).
+#[derive(Debug, Clone)]
+pub struct TenantFigures {
+    pub tenant: String,
+    pub runs: usize,
+    pub queued: usize,
 }
 
 /// Point-in-time figures for `/metrics` and the docs.
@@ -146,6 +156,7 @@ impl Admission {
             queued: AtomicUsize::new(0),
             executing: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            counters: Default::default(),
         })
     }
 
@@ -160,6 +171,20 @@ impl Admission {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Per-tenant figures of every tenant with a run in flight or a node queued (idle tenants
+    /// are forgotten, so this is as small as the set of active ones).
+    pub fn tenant_figures(&self) -> Vec<TenantFigures> {
+        self.counts()
+            .tenants
+            .iter()
+            .map(|(t, c)| TenantFigures {
+                tenant: t.clone(),
+                runs: c.runs,
+                queued: c.queued,
+            })
+            .collect()
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -189,6 +214,14 @@ impl Admission {
     /// Admit a new run for `tenant`, or say why not. The slot is held until the run's driver
     /// ends (terminal, or the process stops).
     pub fn try_admit(self: &Arc<Self>, tenant: &str) -> Result<RunSlot, Rejection> {
+        let decision = self.decide(tenant);
+        if let Err(r) = &decision {
+            self.counters.rejected(r.reason());
+        }
+        decision
+    }
+
+    fn decide(self: &Arc<Self>, tenant: &str) -> Result<RunSlot, Rejection> {
         if self.is_draining() {
             return Err(Rejection::Draining);
         }

@@ -4,6 +4,7 @@
 
 pub mod admission;
 pub mod health;
+pub mod metrics;
 pub mod shutdown;
 
 use std::sync::Arc;
