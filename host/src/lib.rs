@@ -168,6 +168,13 @@ impl Host {
             api::interrupts::router(),
         ];
         let retention = retention::Retention::new(store.clone(), config.retention.clone());
+        // RFC 0009 `production`: the sub-blocks implemented and tested on both backends; the
+        // profile itself is not claimed (ops/production.rs, docs/operations.md).
+        discovery.merge_block(
+            "production",
+            ops::production::discovery_block(admission.limits()),
+            true,
+        );
         discovery.merge_block("production", retention.discovery_block(), true);
         let ops = ops::Ops::new(store.clone(), admission);
         Ok(Host {

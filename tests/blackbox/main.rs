@@ -20,6 +20,7 @@ mod observability;
 mod ops;
 mod packs;
 mod postgres;
+mod production;
 mod remote;
 mod retention;
 mod runs;

@@ -96,7 +96,25 @@ fn json_logs() -> Options {
 
 #[tokio::test]
 async fn json_logs_carry_run_tenant_error_code_and_correlation_id() {
-    let h = Host::start_with(json_logs()).await;
+    json_logs_carry_the_runs_identity(json_logs()).await;
+}
+
+/// The production profile's log requirement (run id, tenant, terminal status, error code,
+/// correlation id) holds on Postgres too.
+#[tokio::test]
+async fn postgres_json_logs_carry_run_tenant_error_code_and_correlation_id() {
+    let Some(db) = pg_database().await else {
+        return;
+    };
+    json_logs_carry_the_runs_identity(Options {
+        database: Some(db),
+        ..json_logs()
+    })
+    .await;
+}
+
+async fn json_logs_carry_the_runs_identity(opts: Options) {
+    let h = Host::start_with(opts).await;
     let (run, tp) = create_traced(&h, "conformance-failure", Some(&traceparent())).await;
     let snap = h.wait_terminal(&run, Duration::from_secs(10)).await;
     assert_eq!(snap["status"], "failed");

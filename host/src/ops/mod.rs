@@ -5,6 +5,7 @@
 pub mod admission;
 pub mod health;
 pub mod metrics;
+pub mod production;
 pub mod shutdown;
 
 use std::sync::Arc;
