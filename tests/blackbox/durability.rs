@@ -173,3 +173,51 @@ async fn sigterm_shuts_down_promptly_even_with_open_streams() {
         "cancelled"
     );
 }
+
+#[tokio::test]
+async fn a_second_process_on_the_same_sqlite_data_dir_is_refused_until_the_first_is_gone() {
+    let mut first = Host::start().await;
+    let dir = first.data_dir.clone();
+    let tmp = first.take_tmp();
+    let run = first
+        .create_run("conformance-cancellable", json!({"delayMs": 60000}))
+        .await;
+    // Without leases both would drive the parked run: the second refuses to start.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wopbox"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--api-key",
+            KEY,
+            "--data",
+        ])
+        .arg(&dir)
+        .env_remove("WOPBOX_DATABASE_URL")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run wopbox");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("in use by another wopbox process"),
+        "{stderr}"
+    );
+    assert_eq!(first.snapshot(&run).await["status"], "running");
+    // The lock goes with the process, even a killed one: a restart finds it free.
+    first.kill9();
+    let second = Host::start_with(Options {
+        data_dir: Some(dir),
+        ..Options::default()
+    })
+    .await;
+    let (s, b) = second
+        .post(&format!("/v1/runs/{run}/cancel"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(
+        second.wait_terminal(&run, Duration::from_secs(20)).await["status"],
+        "cancelled"
+    );
+    drop(tmp);
+}

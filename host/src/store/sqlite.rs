@@ -52,6 +52,8 @@ pub struct SqliteStore {
     /// `get_workflow` results by (tenant asking, id). Only `put_workflow` changes workflows;
     /// it invalidates this after its commit.
     workflows: RwLock<WorkflowCache>,
+    /// Held (an exclusive lock on `<data>/wopbox.lock`) for as long as the store is open.
+    _lock: std::fs::File,
 }
 
 #[derive(Default)]
@@ -64,6 +66,7 @@ struct WorkflowCache {
 impl SqliteStore {
     pub async fn open(data_dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(data_dir)?;
+        let lock = lock_data_dir(data_dir)?;
         let path = data_dir.join("wopbox.db");
         let sync = match std::env::var("WOPBOX_SQLITE_SYNC").ok().as_deref() {
             Some("FULL") | Some("full") => SqliteSynchronous::Full,
@@ -106,7 +109,33 @@ impl SqliteStore {
             hot,
             live,
             workflows: RwLock::default(),
+            _lock: lock,
         })
+    }
+}
+
+/// One process per SQLite data directory. SQLite runs have no leases: a second process on the
+/// same database would resume the same unfinished runs and both would drive them, so it is
+/// refused at start. The kernel drops the lock when the process exits, however it exits, so
+/// a restart after a crash never finds it held.
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = data_dir.join("wopbox.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "{} is in use by another wopbox process (one process per SQLite data directory; \
+             several processes share a Postgres database instead, see docs/postgres.md)",
+            data_dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(anyhow::anyhow!("cannot lock {}: {e}", path.display()))
+        }
     }
 }
 
