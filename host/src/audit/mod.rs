@@ -12,6 +12,7 @@ pub mod jcs;
 pub mod signing;
 pub mod verify;
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +33,10 @@ pub struct AuditLog {
     settings: AuditArgs,
     /// Wakes the checkpointer after appends.
     appended: Notify,
+    /// The entry sequence from which a checkpoint is due by count (last checkpoint + interval,
+    /// as of the checkpointer's last look). Appends below it do not wake the checkpointer:
+    /// waking it costs two database reads, once per run creation otherwise.
+    next_due: AtomicI64,
     /// Serialises checkpoint minting (the timer and the entry counter may race).
     minting: Mutex<()>,
 }
@@ -48,6 +53,7 @@ impl AuditLog {
             signer,
             settings,
             appended: Notify::new(),
+            next_due: AtomicI64::new(0),
             minting: Mutex::new(()),
         }))
     }
@@ -68,7 +74,9 @@ impl AuditLog {
             details,
         };
         let e = self.store.audit_append(entry, chain::entry_hash).await?;
-        self.appended.notify_one();
+        if e.seq >= self.next_due.load(Ordering::Relaxed) {
+            self.appended.notify_one();
+        }
         Ok(e)
     }
 
@@ -108,6 +116,8 @@ impl AuditLog {
                 .await?
                 .map(|c| c.at_sequence)
                 .unwrap_or(0);
+            let interval = i64::from(self.settings.checkpoint_entries);
+            self.next_due.store(last + interval, Ordering::Relaxed);
             let pending = head - last;
             if pending <= 0 || (!force && pending < i64::from(self.settings.checkpoint_entries)) {
                 return Ok(None);
@@ -137,6 +147,7 @@ impl AuditLog {
                 created_at: ts(Utc::now()),
             };
             if self.store.audit_put_checkpoint(&cp, last).await? {
+                self.next_due.store(at + interval, Ordering::Relaxed);
                 return Ok(Some(cp));
             }
         }
