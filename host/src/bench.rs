@@ -59,7 +59,7 @@ type Result<T> = std::result::Result<T, BenchError>;
 pub enum Scenario {
     /// Closed-loop runs/s and latency per workflow.
     Load,
-    /// Resident memory with N runs parked on a long `core.delay`.
+    /// Resident memory with N runs parked on an approval interrupt.
     Memory,
     /// Time to replay a ~10,000-event run over SSE from sequence 0.
     Replay,
@@ -123,7 +123,7 @@ pub struct BenchArgs {
     /// process than the one that accepted it (events cross processes via LISTEN/NOTIFY).
     #[arg(long)]
     pub cross_process_wait: bool,
-    /// Memory scenario: runs parked on `core.delay`.
+    /// Memory scenario: runs parked on an approval interrupt (`core.approvalGate`).
     #[arg(long, default_value_t = 1000)]
     pub parked: usize,
     /// Replay scenario: parallel `core.noop` nodes (2 events each + 2 per run: 5000 ≈ 10k events).
@@ -472,6 +472,8 @@ async fn register_defaults(t: &Target) -> Result<()> {
 #[derive(Default)]
 struct LoopStats {
     latencies_us: Vec<u64>,
+    /// Runs that ended at all, in or outside the window (divides the host's CPU time).
+    ended: u64,
     completed: u64,
     not_completed: u64,
     errors: u64,
@@ -534,6 +536,7 @@ async fn closed_loop_on(
                     Err(e) => Err(e),
                 };
                 let done = Instant::now();
+                s.ended += 1;
                 if began < window_start || done > window_end {
                     continue;
                 }
@@ -561,6 +564,7 @@ async fn closed_loop_on(
     for task in tasks {
         if let Ok(s) = task.await {
             all.latencies_us.extend(s.latencies_us);
+            all.ended += s.ended;
             all.completed += s.completed;
             all.not_completed += s.not_completed;
             all.errors += s.errors;
@@ -600,6 +604,9 @@ fn round1(x: f64) -> f64 {
 }
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
+}
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -699,6 +706,13 @@ async fn load(args: &BenchArgs) -> anyhow::Result<Vec<Value>> {
             (Some(a), Some(b)) => json!(round2((b - a) / wall)),
             _ => Value::Null,
         };
+        // CPU per run: comparable across runs on a shared machine, where runs/s also depends
+        // on how much of the CPUs the other tenants left us.
+        let ended = stats.ended.max(1) as f64;
+        let per_run = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => json!(round3((b - a) * 1000.0 / ended)),
+            _ => Value::Null,
+        };
         let mut v = json!({
             "scenario": "load",
             "host": args.url.clone().unwrap_or_else(|| "wopbox (spawned, release)".into()),
@@ -712,6 +726,8 @@ async fn load(args: &BenchArgs) -> anyhow::Result<Vec<Value>> {
             // Only known for spawned hosts (their pids, summed); `null` for --url.
             "host_cpu_cores": if spawned { cpu(host0, host_cpu(&pids)) } else { Value::Null },
             "bench_cpu_cores": cpu(self0, cpu_secs(None)),
+            "host_cpu_ms_per_run": if spawned { per_run(host0, host_cpu(&pids)) } else { Value::Null },
+            "bench_cpu_ms_per_run": per_run(self0, cpu_secs(None)),
             "machine": machine(),
         });
         merge(&mut v, stats_json(stats, window));
@@ -751,25 +767,18 @@ fn merge(into: &mut Value, from: Value) {
     }
 }
 
-/// Stand-in for "1,000 runs parked on an approval interrupt": interrupts are not implemented
-/// yet, so the runs park on a long `core.delay` (a suspended tokio task + its run state).
+/// Resident memory with `--parked` runs parked on an approval interrupt (`core.approvalGate`:
+/// the interrupt row, its tokens, the suspended run task and its cached state).
 async fn memory(args: &BenchArgs) -> anyhow::Result<Vec<Value>> {
     if args.url.is_some() {
         return Err(BenchError::NeedsSpawn("memory").into());
     }
     let t = Target::spawn(args).await?;
     register_defaults(&t).await?;
-    t.put_workflow(&workflow(
-        WF_PARK,
-        vec![node(
-            "wait",
-            "core.delay",
-            json!({"delayMs": {"type": "variable", "variableName": "delayMs"}}),
-        )],
-        json!([{"name": "delayMs", "type": "number", "defaultValue": 3_600_000}]),
-        7_200_000,
-    ))
-    .await?;
+    let mut gate = node("approve", "core.approvalGate", json!({}));
+    gate["config"] = json!({"title": "bench: parked for approval"});
+    t.put_workflow(&workflow(WF_PARK, vec![gate], json!([]), 7_200_000))
+        .await?;
     let pid = t.pid().ok_or(BenchError::NoListenLine)?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_boot = rss_kib(pid);
@@ -799,7 +808,7 @@ async fn memory(args: &BenchArgs) -> anyhow::Result<Vec<Value>> {
         .collect::<Vec<_>>()
         .await;
     let ids: Vec<String> = ids.into_iter().collect::<Result<_>>()?;
-    // Parked = its delay node has started (status running, no terminal event).
+    // Parked = its interrupt is committed (status waiting-approval).
     let mut running = 0;
     for _ in 0..100 {
         running = futures::stream::iter(ids.iter())
@@ -809,7 +818,7 @@ async fn memory(args: &BenchArgs) -> anyhow::Result<Vec<Value>> {
             })
             .buffer_unordered(32)
             .filter(|s| {
-                let ok = matches!(s, Ok(v) if v["status"] == "running");
+                let ok = matches!(s, Ok(v) if v["status"] == "waiting-approval");
                 async move { ok }
             })
             .count()
@@ -828,9 +837,9 @@ async fn memory(args: &BenchArgs) -> anyhow::Result<Vec<Value>> {
     };
     let v = json!({
         "scenario": "memory",
-        "stand_in": "runs parked on core.delay (1 h); approval interrupts are not implemented yet",
+        "parked_on": "approval interrupt (core.approvalGate)",
         "parked_runs": ids.len(),
-        "running_confirmed": running,
+        "waiting_approval_confirmed": running,
         "park_s": round2(park_secs),
         "warmup_runs": warm.completed,
         "rss_boot_mib": rss_boot.map(|k| round2(k as f64 / 1024.0)),
