@@ -9,6 +9,8 @@
 //! that reached their terminal event inside the measurement window (after the warm-up);
 //! latency is POST sent → terminal event received.
 
+mod subworkflows;
+
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -65,6 +67,8 @@ pub enum Scenario {
     Replay,
     /// Honest throughput while N infinite-loop runs time out in the sandbox.
     Flood,
+    /// One parent run fanning out to `--children` parallel sub-workflows (bench/subworkflows.rs).
+    Subworkflows,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -135,6 +139,12 @@ pub struct BenchArgs {
     /// Flood scenario: infinite-loop runs launched at once.
     #[arg(long, default_value_t = 50)]
     pub hostile: usize,
+    /// Subworkflows scenario: parallel child runs of one parent.
+    #[arg(long, default_value_t = 100)]
+    pub children: usize,
+    /// Subworkflows scenario: timed fan-out runs (median reported).
+    #[arg(long, default_value_t = 3)]
+    pub fanout_runs: usize,
 }
 
 /// Entry point of the subcommand; one JSON object per scenario on stdout.
@@ -145,6 +155,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Scenario::Memory => memory(&args).await?,
             Scenario::Replay => replay(&args).await?,
             Scenario::Flood => flood(&args).await?,
+            Scenario::Subworkflows => subworkflows::run(&args).await?,
         };
         for line in out {
             println!("{line}");
