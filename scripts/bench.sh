@@ -26,6 +26,7 @@ case "$what" in
     for i in $(seq "$REPEAT"); do $BIN bench --scenario memory; done
     for i in $(seq "$REPEAT"); do $BIN bench --scenario replay; done
     $BIN bench --scenario flood --concurrency "$CONCURRENCY" --duration "$DURATION"
+    $BIN bench --scenario subworkflows --fanout-runs "$REPEAT"
     ;;
   postgres)
     source scripts/pg.sh
@@ -40,6 +41,7 @@ case "$what" in
       $BIN bench --scenario load --concurrency "$CONCURRENCY" --duration "$DURATION" \
         --database "$WOPBOX_TEST_PG_URL" --processes 2 --cross-process-wait
     done
+    $BIN bench --scenario subworkflows --fanout-runs "$REPEAT" --database "$WOPBOX_TEST_PG_URL"
     ;;
   python)
     : "${PYHOST:?set PYHOST to examples/hosts/python of an openwop-examples checkout}"
