@@ -27,6 +27,7 @@ case "$what" in
     for i in $(seq "$REPEAT"); do $BIN bench --scenario replay; done
     $BIN bench --scenario flood --concurrency "$CONCURRENCY" --duration "$DURATION"
     $BIN bench --scenario subworkflows --fanout-runs "$REPEAT"
+    $BIN bench --scenario scale --concurrency "$CONCURRENCY" --duration "$DURATION"
     ;;
   postgres)
     source scripts/pg.sh

@@ -9,6 +9,7 @@
 //! that reached their terminal event inside the measurement window (after the warm-up);
 //! latency is POST sent → terminal event received.
 
+mod scale;
 mod subworkflows;
 
 use std::path::PathBuf;
@@ -69,6 +70,8 @@ pub enum Scenario {
     Flood,
     /// One parent run fanning out to `--children` parallel sub-workflows (bench/subworkflows.rs).
     Subworkflows,
+    /// The `high-throughput` scale tier's floors, each figure next to its floor (bench/scale.rs).
+    Scale,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -145,6 +148,18 @@ pub struct BenchArgs {
     /// Subworkflows scenario: timed fan-out runs (median reported).
     #[arg(long, default_value_t = 3)]
     pub fanout_runs: usize,
+    /// Scale scenario: runs parked in flight, split evenly over --tenants.
+    #[arg(long, default_value_t = 5000)]
+    pub scale_runs: usize,
+    /// Scale scenario: tenants, each with its own scoped key.
+    #[arg(long, default_value_t = 8)]
+    pub tenants: usize,
+    /// Scale scenario: POSTs sharing one Idempotency-Key.
+    #[arg(long, default_value_t = 20)]
+    pub idempotency_retries: usize,
+    /// Scale scenario: milliseconds between those POSTs.
+    #[arg(long, default_value_t = 100)]
+    pub retry_interval_ms: u64,
 }
 
 /// Entry point of the subcommand; one JSON object per scenario on stdout.
@@ -156,6 +171,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Scenario::Replay => replay(&args).await?,
             Scenario::Flood => flood(&args).await?,
             Scenario::Subworkflows => subworkflows::run(&args).await?,
+            Scenario::Scale => scale::run(&args).await?,
         };
         for line in out {
             println!("{line}");
@@ -418,6 +434,12 @@ struct SseScan {
 
 impl SseScan {
     fn feed(&mut self, chunk: &[u8]) {
+        self.feed_data(chunk);
+    }
+
+    /// [`SseScan::feed`], returning the `data:` payloads completed by this chunk.
+    fn feed_data(&mut self, chunk: &[u8]) -> Vec<String> {
+        let mut data = Vec::new();
         self.bytes += chunk.len();
         self.partial.extend_from_slice(chunk);
         let mut start = 0;
@@ -429,10 +451,13 @@ impl SseScan {
                 if is_terminal_event(&t) {
                     self.terminal = Some(t);
                 }
+            } else if let Some(rest) = line.strip_prefix(b"data:") {
+                data.push(String::from_utf8_lossy(rest).trim().to_string());
             }
             start += nl + 1;
         }
         self.partial.drain(..start);
+        data
     }
 }
 

@@ -12,9 +12,9 @@ use serde_json::{json, Value};
 use super::{machine, node, round1, spawn_set, workflow, BenchArgs, BenchError, WaitMode};
 
 const WF_CHILD: &str = "bench-sub-child";
-const WF_PARENT: &str = "bench-sub-parent";
+pub(super) const WF_PARENT: &str = "bench-sub-parent";
 
-fn child_workflow() -> Value {
+pub(super) fn child_workflow() -> Value {
     workflow(
         WF_CHILD,
         vec![node("n", "core.noop", json!({}))],
@@ -23,7 +23,7 @@ fn child_workflow() -> Value {
     )
 }
 
-fn parent_workflow(children: usize) -> Value {
+pub(super) fn parent_workflow(children: usize) -> Value {
     let nodes = (0..children)
         .map(|i| {
             let mut n = node(&format!("call{i}"), "core.subWorkflow", json!({}));
@@ -42,7 +42,7 @@ fn parent_workflow(children: usize) -> Value {
 }
 
 /// What a finished fan-out run must show; the first discrepancy otherwise.
-fn check(snap: &Value, children: usize) -> Result<(), String> {
+pub(super) fn check(snap: &Value, children: usize) -> Result<(), String> {
     let done = snap["childRuns"]
         .as_array()
         .map(|a| a.iter().filter(|c| c["status"] == "completed").count())
