@@ -102,8 +102,13 @@ impl Retention {
     }
 
     /// `capabilities.production.retention` (RFC 0009; the conformance suite reads
-    /// `minWindowSeconds`). Expiry is only ever by age here: no force-expire hook.
+    /// `minWindowSeconds`). Expiry is only ever by age here: no force-expire hook. The schema
+    /// puts `minWindowSeconds` at 7 days or more, so a shorter (development) window is not
+    /// advertised at all: the sub-block then says `supported: false`.
     pub fn discovery_block(&self) -> Value {
+        if self.settings.events < config::EVENTS_FLOOR {
+            return json!({"retention": {"supported": false, "testForceExpire": false}});
+        }
         json!({"retention": {
             "supported": true,
             "minWindowSeconds": self.settings.events.as_secs(),
