@@ -89,6 +89,8 @@ pub struct Host {
     pub cluster: Option<Arc<cluster::Cluster>>,
     /// Deletes expired runs and idempotency records in the background.
     pub retention: Arc<retention::Retention>,
+    /// Sandbox figures for `/metrics`, handed to the pack service when packs attach.
+    pub sandbox_metrics: ops::metrics::SandboxCounters,
     /// Extra resource routers merged into the API.
     pub routers: Vec<Router<AppState>>,
     /// Fixture ids whose semantics are implemented (see [`CORE_FIXTURES`]).
@@ -142,7 +144,9 @@ impl Host {
             Some(audit.clone()),
         )?;
         events.add_sink(webhooks.clone());
-        let metrics = ops::metrics::Metrics::new(admission.clone(), webhooks.clone());
+        let sandbox_metrics = ops::metrics::SandboxCounters::default();
+        let metrics =
+            ops::metrics::Metrics::new(admission.clone(), webhooks.clone(), &sandbox_metrics);
         events.add_sink(metrics.clone());
         let cluster = shared.clone().map(|shared| {
             engine.set_shared(shared.clone());
@@ -179,6 +183,7 @@ impl Host {
         let ops = ops::Ops::new(store.clone(), admission);
         Ok(Host {
             retention,
+            sandbox_metrics,
             config,
             ops,
             store,

@@ -281,3 +281,60 @@ async fn metrics_need_the_metrics_read_scope_and_count_admission_refusals() {
     // The full-scope legacy key reads them too.
     scrape_with(&h, KEY).await;
 }
+
+/// A host with the repository's packs, plus `extra` flags.
+async fn pack_host(extra: Vec<String>) -> Host {
+    let mut extra_args = vec!["--packs".to_string(), packs_dir().display().to_string()];
+    extra_args.extend(extra);
+    Host::start_with(Options {
+        extra_args,
+        ..Options::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn sandbox_figures_are_counted_by_the_process_whose_sandbox_ran_the_node() {
+    let tier = pack_host(vec![]).await;
+    let orch = pack_host(vec![
+        "--executor".into(),
+        format!("remote:{}", tier.base),
+        "--executor-key".into(),
+        KEY.into(),
+    ])
+    .await;
+    let (snap, events) = orch
+        .run_single(
+            "wf-greet",
+            "vendor.wopbox.greet.hello",
+            json!({"name": "r"}),
+        )
+        .await;
+    assert_eq!(snap["status"], "completed", "{snap}");
+    let m = &node_done(&events, "node.completed")["metrics"];
+    assert_eq!(m["executor"], "remote", "{m}");
+    let fuel = m["fuelConsumed"].as_u64().expect("fuelConsumed") as f64;
+
+    let fuel_series = "wopbox_sandbox_fuel_consumed_total{pack=\"vendor.wopbox.greet\"}";
+    let count_series = "wopbox_sandbox_duration_seconds_count{pack=\"vendor.wopbox.greet\"}";
+    // The isolation tier ran it: exactly the fuel the orchestrator's event reports.
+    let t = scrape_with(&tier, KEY).await;
+    assert_eq!(t.get(fuel_series), fuel, "{}", t.text);
+    assert_eq!(t.get(count_series), 1.0);
+    // The orchestrator ran no sandbox code, so summing hosts counts the invocation once; the
+    // run and its node are the orchestrator's (they were committed there).
+    let o = scrape_until(&orch, |s| {
+        s.get("openwop_run_completed_total{openwop_run_status=\"completed\"}") >= 1.0
+    })
+    .await;
+    assert!(!o.values.contains_key(fuel_series), "{}", o.text);
+    assert!(!o.values.contains_key(count_series), "{}", o.text);
+    assert_eq!(
+        o.get("openwop_node_completed_total{openwop_node_type=\"vendor.wopbox.greet.hello\",openwop_run_status=\"completed\"}"),
+        1.0
+    );
+    assert_eq!(
+        t.get("openwop_run_completed_total{openwop_run_status=\"completed\"}"),
+        0.0
+    );
+}

@@ -5,10 +5,14 @@
 //! of wopbox's own are under `wopbox_*`. docs/operations.md "Metrics" lists them all.
 //!
 //! Where each figure is counted:
-//! * run, node, sandbox, limit and interrupt figures when their event is **committed** (this
+//! * run, node, limit and interrupt figures when their event is **committed** (this
 //!   is an [`EventSink`] of the event log): every fact a client can see in an event log is
 //!   counted once, at the moment it becomes durable, and nothing is ever recomputed by
 //!   scanning the store;
+//! * sandbox time, fuel and failures where the sandbox runs ([`SandboxCounters`], at the one
+//!   call every invocation of this process goes through: local runs' nodes and executions
+//!   served to a remote orchestrator alike; an orchestrator that delegates its pack nodes to
+//!   a remote tier counts none, the tier does);
 //! * runs accepted and refused by the admission gate where it decides ([`AdmissionCounters`]);
 //! * runs in flight, queue depth and outbox lag are read from their owners at scrape time.
 //!
@@ -107,18 +111,6 @@ const CAP_KINDS: [&str; 9] = [
 
 const INTERRUPT_KINDS: [&str; 4] = ["approval", "clarification", "external-event", "custom"];
 
-/// Node failure codes raised by the sandbox (sandbox/src/error.rs). A guest may report any
-/// code of its own, so only these become label values.
-const SANDBOX_CODES: [&str; 7] = [
-    "sandbox_escape_attempt",
-    "sandbox_capability_denied",
-    "sandbox_memory_exceeded",
-    "sandbox_timeout",
-    "sandbox_overloaded",
-    "sandbox_invocation_error",
-    "sandbox_unsupported_abi_version",
-];
-
 /// Engine deadlines that fail a node or a run: error code -> `scope` label.
 const TIMEOUT_CODES: [(&str, &str); 3] = [
     ("node_timeout", "node"),
@@ -167,15 +159,63 @@ impl AdmissionCounters {
     }
 }
 
+/// Sandbox invocations of this process, counted as each one returns (see
+/// [`crate::packs::PackService::invoke`]).
+#[derive(Clone, Debug)]
+pub struct SandboxCounters {
+    duration: Family<PackLabel, Histogram, fn() -> Histogram>,
+    fuel: Family<PackLabel, Counter>,
+    failures: Family<CodeLabel, Counter>,
+}
+
+impl Default for SandboxCounters {
+    fn default() -> Self {
+        SandboxCounters {
+            duration: Family::new_with_constructor(node_buckets),
+            fuel: Family::default(),
+            failures: Family::default(),
+        }
+    }
+}
+
+impl SandboxCounters {
+    /// One invocation of `pack` ended. One that returned (completed, or a failure the guest
+    /// reported) adds its time and fuel; one the sandbox stopped (a limit, a refused import, a
+    /// trap) reports no figures and is counted by its error code (a closed set of ours).
+    pub fn record(
+        &self,
+        pack: &str,
+        result: &Result<wopbox_sandbox::InvokeOutcome, wopbox_sandbox::SandboxError>,
+    ) {
+        match result {
+            Ok(out) => {
+                let label = PackLabel {
+                    pack: pack.to_string(),
+                };
+                self.duration
+                    .get_or_create(&label)
+                    .observe(out.metrics.duration.as_secs_f64());
+                self.fuel
+                    .get_or_create(&label)
+                    .inc_by(out.metrics.fuel_consumed);
+            }
+            Err(e) => {
+                self.failures
+                    .get_or_create(&CodeLabel {
+                        code: e.code().to_string(),
+                    })
+                    .inc();
+            }
+        }
+    }
+}
+
 /// The event-derived series.
 struct Series {
     runs_completed: Family<StatusLabel, Counter>,
     nodes_completed: Family<NodeLabel, Counter>,
     node_duration: Family<NodeLabel, Histogram, fn() -> Histogram>,
     node_attempts: Family<NodeTypeLabel, Counter>,
-    sandbox_duration: Family<PackLabel, Histogram, fn() -> Histogram>,
-    fuel: Family<PackLabel, Counter>,
-    sandbox_failures: Family<CodeLabel, Counter>,
     cap_exceeded: Family<CapLabel, Counter>,
     timeouts: Family<ScopeLabel, Counter>,
     interrupts: Family<InterruptLabel, Counter>,
@@ -210,9 +250,6 @@ impl Default for Series {
             nodes_completed: Family::default(),
             node_duration: Family::new_with_constructor(node_buckets),
             node_attempts: Family::default(),
-            sandbox_duration: Family::new_with_constructor(node_buckets),
-            fuel: Family::default(),
-            sandbox_failures: Family::default(),
             cap_exceeded: Family::default(),
             timeouts: Family::default(),
             interrupts: Family::default(),
@@ -221,7 +258,11 @@ impl Default for Series {
 }
 
 impl Metrics {
-    pub fn new(admission: Arc<Admission>, webhooks: Arc<WebhookService>) -> Arc<Self> {
+    pub fn new(
+        admission: Arc<Admission>,
+        webhooks: Arc<WebhookService>,
+        sandbox: &SandboxCounters,
+    ) -> Arc<Self> {
         let series = Series::default();
         let gauges = Gauges::default();
         let mut r = Registry::default();
@@ -288,18 +329,18 @@ impl Metrics {
         );
         r.register(
             "wopbox_sandbox_duration_seconds",
-            "Time inside the WebAssembly sandbox per invocation that returned, by pack",
-            series.sandbox_duration.clone(),
+            "Time inside the WebAssembly sandbox per invocation of this process that returned, by pack",
+            sandbox.duration.clone(),
         );
         r.register(
             "wopbox_sandbox_fuel_consumed",
-            "Wasmtime fuel consumed by sandboxed invocations that returned, by pack",
-            series.fuel.clone(),
+            "Wasmtime fuel consumed by this process's sandbox invocations that returned, by pack",
+            sandbox.fuel.clone(),
         );
         r.register(
             "wopbox_sandbox_failures",
-            "Nodes failed by the sandbox (limits, refused imports, traps), by error code",
-            series.sandbox_failures.clone(),
+            "Sandbox invocations of this process stopped by the sandbox (limits, refused imports, traps), by error code",
+            sandbox.failures.clone(),
         );
         r.register(
             "wopbox_webhook_outbox_lag_seconds",
@@ -396,15 +437,7 @@ impl Metrics {
                 if let Some(ms) = p.get("durationMs").and_then(Value::as_f64) {
                     s.node_duration.get_or_create(&label).observe(ms / 1000.0);
                 }
-                self.observe_sandbox(p);
                 if let Some(code) = error_code() {
-                    if code.starts_with("sandbox_") {
-                        s.sandbox_failures
-                            .get_or_create(&CodeLabel {
-                                code: closed(Some(code), &SANDBOX_CODES),
-                            })
-                            .inc();
-                    }
                     self.count_timeout(code);
                 }
             }
@@ -426,33 +459,6 @@ impl Metrics {
                     .inc();
             }
             _ => {}
-        }
-    }
-
-    /// A node's sandbox figures: `metrics` on completion, `error.details.metrics` when the
-    /// guest returned a failure. An invocation the sandbox stopped (a limit, a trap) returns
-    /// no figures; it is counted by `wopbox_sandbox_failures` and `openwop_cap_exceeded`.
-    fn observe_sandbox(&self, p: &Value) {
-        let Some(m) = p
-            .get("metrics")
-            .or_else(|| p.pointer("/error/details/metrics"))
-        else {
-            return;
-        };
-        let Some(pack) = m.get("pack").and_then(Value::as_str) else {
-            return;
-        };
-        let label = PackLabel {
-            pack: pack.to_string(),
-        };
-        if let Some(ms) = m.get("durationMs").and_then(Value::as_f64) {
-            self.series
-                .sandbox_duration
-                .get_or_create(&label)
-                .observe(ms / 1000.0);
-        }
-        if let Some(f) = m.get("fuelConsumed").and_then(Value::as_u64) {
-            self.series.fuel.get_or_create(&label).inc_by(f);
         }
     }
 
@@ -568,7 +574,7 @@ mod tests {
             WebhookService::new(store, crate::webhooks::config::WebhookArgs::default(), None)
                 .unwrap();
         let admission = Admission::new(Default::default());
-        Metrics::new(admission, webhooks)
+        Metrics::new(admission, webhooks, &SandboxCounters::default())
     }
 
     #[tokio::test]
@@ -648,11 +654,8 @@ mod tests {
             text.contains("openwop_cap_exceeded_total{openwop_cap_kind=\"wasm-fuel\"} 1"),
             "{text}"
         );
-        assert!(
-            text.contains("wopbox_sandbox_failures_total{code=\"other\"} 1"),
-            "{text}"
-        );
         assert!(!text.contains("my_guest_code"), "{text}");
+        assert!(!text.contains("sandbox_whatever"), "{text}");
         assert!(
             text.contains("wopbox_timeouts_total{scope=\"node\"} 1"),
             "{text}"

@@ -111,6 +111,7 @@ pub async fn attach(host: &mut Host, args: &PackArgs) -> anyhow::Result<Arc<Pack
             default_limits,
             archive: ArchiveLimits::default(),
             executor: ExecutorChoice::parse(&args.executor, args.executor_key.clone())?,
+            sandbox_metrics: host.sandbox_metrics.clone(),
         },
     );
     service.advertise();

@@ -126,7 +126,7 @@ impl NodeExecutor for PackNodeExecutor {
         )
         .context(context);
         let node_id = inv.ctx.node_id.clone();
-        match pack.invoke(service.sandbox(), req).await {
+        match service.invoke(&pack, req).await {
             Err(e) => sandbox_failure(e, &node_id),
             Ok(out) => {
                 let metrics = json!({

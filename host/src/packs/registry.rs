@@ -54,6 +54,23 @@ pub struct InstalledPack {
     slots: Arc<tokio::sync::Semaphore>,
 }
 
+impl PackService {
+    /// Every sandbox invocation of this process — a local run's node or an execution served
+    /// to a remote orchestrator — goes through here, so `/metrics` counts each one once, in
+    /// the process that ran it.
+    pub async fn invoke(
+        &self,
+        pack: &InstalledPack,
+        req: InvokeRequest,
+    ) -> Result<InvokeOutcome, SandboxError> {
+        let result = pack.invoke(&self.sandbox, req).await;
+        self.settings
+            .sandbox_metrics
+            .record(&pack.record.name, &result);
+        result
+    }
+}
+
 impl InstalledPack {
     /// Runs one invocation in the sandbox while holding one of this pack's slots. A pack may
     /// occupy at most all but one of the sandbox's concurrent slots, so one pack's hostile nodes
@@ -138,6 +155,8 @@ pub struct PackSettings {
     /// Where pack nodes execute: this sandbox, or another wopbox's
     /// execution API (`--executor remote:URL`).
     pub executor: ExecutorChoice,
+    /// `/metrics` figures of every sandbox invocation ([`PackService::invoke`]).
+    pub sandbox_metrics: crate::ops::metrics::SandboxCounters,
 }
 
 pub struct PackService {

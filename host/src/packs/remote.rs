@@ -290,7 +290,7 @@ pub async fn execute_for_tenant(
         sha256: pack.record.entry_sha256.clone(),
     };
     let started = Instant::now();
-    let out = match pack.invoke(service.sandbox(), invoke).await {
+    let out = match service.invoke(&pack, invoke).await {
         Ok(out) => out,
         Err(wopbox_sandbox::SandboxError::Overloaded { queued }) => {
             return Err(ExecuteError::Overloaded { queued })
