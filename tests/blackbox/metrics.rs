@@ -338,3 +338,44 @@ async fn sandbox_figures_are_counted_by_the_process_whose_sandbox_ran_the_node()
         0.0
     );
 }
+
+#[tokio::test]
+async fn webhook_outbox_lag_grows_while_deliveries_wait_behind_a_slow_receiver() {
+    // One delivery at a time to a receiver that takes 20 s to answer: while the first one
+    // hangs, the run's other events are due and wait in the outbox.
+    let receiver = crate::webhooks::Receiver::start(&[], 200, Duration::from_secs(20)).await;
+    let h = Host::start_with(crate::webhooks::loopback_host(&[
+        "--webhook-per-subscription-concurrency",
+        "1",
+        "--webhook-timeout-ms",
+        "20000",
+    ]))
+    .await;
+    let lag = "wopbox_webhook_outbox_lag_seconds";
+    assert_eq!(
+        scrape_with(&h, KEY).await.get(lag),
+        0.0,
+        "nothing pending yet"
+    );
+    crate::webhooks::register(
+        &h,
+        &receiver.url(),
+        &[
+            "run.started",
+            "node.started",
+            "node.completed",
+            "run.completed",
+        ],
+    )
+    .await;
+    let run = h.create_run("conformance-noop", json!({})).await;
+    h.wait_terminal(&run, Duration::from_secs(20)).await;
+    receiver
+        .wait_for("the first delivery", Duration::from_secs(10), |hits| {
+            !hits.is_empty()
+        })
+        .await;
+    let s = scrape_until(&h, |s| s.get(lag) >= 0.2).await;
+    assert!(s.get(lag) < 20.0, "{}", s.text);
+    assert_eq!(receiver.hits().len(), 1, "the others are still waiting");
+}
