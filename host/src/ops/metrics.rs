@@ -118,6 +118,10 @@ const TIMEOUT_CODES: [(&str, &str); 3] = [
     ("interrupt_timeout", "interrupt"),
 ];
 
+/// Most runs whose started nodes' types are remembered (well above the default limit of
+/// runs in flight, 20,000).
+const MAX_TRACKED_RUNS: usize = 100_000;
+
 fn closed(value: Option<&str>, vocabulary: &[&str]) -> String {
     match value {
         Some(v) if vocabulary.contains(&v) => v.to_string(),
@@ -402,10 +406,16 @@ impl Metrics {
                     ev.node_id.as_deref(),
                     p.get("typeId").and_then(Value::as_str),
                 ) {
-                    self.started()
-                        .entry(ev.run_id.clone())
-                        .or_default()
-                        .insert(node.to_string(), ty.to_string());
+                    let mut started = self.started();
+                    // A run whose end this process never sees (taken over by another process
+                    // on a shared Postgres) stays here: the bound keeps such leftovers from
+                    // growing without limit; past it, new runs' nodes are labelled `unknown`.
+                    if started.len() < MAX_TRACKED_RUNS || started.contains_key(&ev.run_id) {
+                        started
+                            .entry(ev.run_id.clone())
+                            .or_default()
+                            .insert(node.to_string(), ty.to_string());
+                    }
                 }
             }
             "node.retried" => {
@@ -615,6 +625,24 @@ mod tests {
         assert_eq!(m.started().get("r1").map(|n| n.len()), Some(1));
         m.committed("r1", &[ev("r1", "run.cancelled", None, json!({}))]);
         assert!(m.started().is_empty());
+    }
+
+    #[tokio::test]
+    async fn remembered_node_types_are_bounded() {
+        let m = metrics().await;
+        let started = |run: &str| ev(run, "node.started", Some("n"), json!({"typeId": "t"}));
+        for i in 0..MAX_TRACKED_RUNS {
+            m.committed("", &[started(&format!("r{i}"))]);
+        }
+        m.committed("", &[started("one-too-many")]);
+        assert_eq!(m.started().len(), MAX_TRACKED_RUNS);
+        assert!(!m.started().contains_key("one-too-many"));
+        // A run already tracked still records its further nodes.
+        m.committed(
+            "",
+            &[ev("r0", "node.started", Some("b"), json!({"typeId": "t"}))],
+        );
+        assert_eq!(m.started()["r0"].len(), 2);
     }
 
     #[tokio::test]
