@@ -74,7 +74,9 @@ impl Default for PoolConfig {
             max_component_instance_size: 1 << 20,
             max_memories_per_module: 1,
             max_tables_per_module: 2,
-            max_core_instances_per_component: 32,
+            // componentize-py (CPython) components hold ~40 core instances,
+            // componentize-js (StarlingMonkey) ones a few dozen too; Rust ones 2-10.
+            max_core_instances_per_component: 64,
             max_memories_per_component: 8,
             max_tables_per_component: 16,
             linear_memory_keep_resident: 64 << 10,
