@@ -10,6 +10,7 @@ mod durability;
 mod engine;
 mod errors;
 mod events;
+mod examples;
 mod idempotency;
 mod interop;
 mod interrupt_auth;
