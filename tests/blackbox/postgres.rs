@@ -24,6 +24,13 @@ fn on(db: &str, data_dir: Option<PathBuf>) -> Options {
     }
 }
 
+/// `on(db, data_dir)` plus the given flags.
+fn on_with(db: &str, data_dir: Option<PathBuf>, args: &[&str]) -> Options {
+    let mut o = on(db, data_dir);
+    o.extra_args.extend(args.iter().map(|s| s.to_string()));
+    o
+}
+
 /// No event appears twice: no repeated event id, and no node attempt started or finished
 /// twice (what a second driver writing into the same run would produce).
 fn assert_no_duplicates(events: &[Value]) {
@@ -335,13 +342,11 @@ async fn two_processes_send_each_webhook_attempt_once() {
         return;
     };
     let hooks = |dir| {
-        let mut o = on(&db, dir);
-        o.extra_args.extend(
-            ["--webhook-allow-loopback", "--webhook-retry-base-ms", "50"]
-                .iter()
-                .map(|s| s.to_string()),
-        );
-        o
+        on_with(
+            &db,
+            dir,
+            &["--webhook-allow-loopback", "--webhook-retry-base-ms", "50"],
+        )
     };
     let (mut a, b, _tmp) = two_processes(hooks).await;
     // The first 10 attempts fail, every later one succeeds.
@@ -538,18 +543,16 @@ async fn the_audit_chain_stays_valid_when_two_processes_append_at_once() {
     // Checkpoints by count and every second: both processes also mint checkpoints while the
     // chain grows, at heads that differ between them.
     let audited = |dir| {
-        let mut o = on(&db, dir);
-        o.extra_args.extend(
-            [
+        on_with(
+            &db,
+            dir,
+            &[
                 "--audit-checkpoint-entries",
                 "7",
                 "--audit-checkpoint-seconds",
                 "1",
-            ]
-            .iter()
-            .map(|s| s.to_string()),
-        );
-        o
+            ],
+        )
     };
     let (mut a, b, _tmp) = two_processes(audited).await;
     let (_, v) = b.get("/v1/audit/verify").await;
@@ -615,9 +618,7 @@ async fn postgres_sub_workflows_fan_out_and_cascade() {
     let Some(db) = pg_database().await else {
         return;
     };
-    let mut opts = on(&db, None);
-    opts.extra_args.push("--enable-test-seams".into());
-    let h = Host::start_with(opts).await;
+    let h = Host::start_with(on_with(&db, None, &["--enable-test-seams"])).await;
     crate::subworkflows::parent_fixture_maps_outputs_and_links_both_ways(&h).await;
     crate::subworkflows::hundred_children_each_map_their_own_values(&h).await;
     crate::interrupt_cascade::parent_cancel_invalidates_the_childs_interrupt(&h).await;
