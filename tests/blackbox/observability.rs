@@ -437,3 +437,87 @@ async fn a_sub_workflow_child_continues_the_parents_trace_under_the_invoke_node(
         invoke["attributes"]["openwop.node_id"]
     );
 }
+
+/// The interrupt lines (parked, then how the wait ended) and a cancelled run's terminal line
+/// carry the run id, tenant, status, error code and correlation id like the node lines.
+#[tokio::test]
+async fn json_logs_for_interrupts_and_cancellation() {
+    let h = Host::start_with(json_logs()).await;
+    let (run, _) = create_traced(&h, "conformance-approval", Some(&traceparent())).await;
+    let snap = h
+        .wait_status(&run, &["waiting-approval"], Duration::from_secs(10))
+        .await;
+    let tenant = snap["owner"]["tenant"].as_str().unwrap().to_string();
+    let parked = wait_log(&h, "the parked line", |f| {
+        f.get("metricKind") == Some(&json!("openwop.interrupt.requested"))
+            && f.get("runId") == Some(&json!(run))
+    })
+    .await;
+    let f = flatten(&parked);
+    assert_eq!(f["status"], "waiting-approval");
+    assert_eq!(f["interruptKind"], "approval");
+    assert_eq!(f["nodeId"], "gate");
+    assert!(f["interruptId"].is_string());
+    assert_eq!(f["openwop.run_id"], json!(run));
+    assert_eq!(f["openwop.tenant_id"], json!(tenant));
+    assert_eq!(f["correlation_id"], json!(TRACE));
+    assert_eq!(
+        f.get("openwop.interrupt_id"),
+        f.get("interruptId"),
+        "{parked}"
+    );
+
+    let (s, b) = h
+        .post(
+            &format!("/v1/runs/{run}/interrupts/gate"),
+            json!({"resumeValue": {"action": "reject"}}),
+        )
+        .await;
+    assert!(s.is_success(), "{s} {b}");
+    let ended = wait_log(&h, "the wait-ended line", |f| {
+        f.get("message") == Some(&json!("interrupt wait ended"))
+            && f.get("runId") == Some(&json!(run))
+    })
+    .await;
+    let f = flatten(&ended);
+    assert_eq!(f["status"], "resolved");
+    assert_eq!(f["errorCode"], "interrupt_rejected");
+    assert_eq!(f["openwop.tenant_id"], json!(tenant));
+    assert_eq!(f["correlation_id"], json!(TRACE));
+    assert!(f["durationMs"].is_u64());
+    let terminal = wait_log(&h, "the rejected run's terminal line", |f| {
+        f.get("metricKind") == Some(&json!("openwop.run.completed"))
+            && f.get("runId") == Some(&json!(run))
+    })
+    .await;
+    let f = flatten(&terminal);
+    assert_eq!(f["status"], "failed");
+    assert_eq!(f["errorCode"], "interrupt_rejected");
+    assert!(
+        f["error"].as_str().is_some_and(|m| m.contains("rejected")),
+        "{f:?}"
+    );
+
+    // Cancelled while parked: the wait ends `cancelled`, the run's line says `cancelled`.
+    let (run, _) = create_traced(&h, "conformance-approval", None).await;
+    h.wait_status(&run, &["waiting-approval"], Duration::from_secs(10))
+        .await;
+    let (s, b) = h.post(&format!("/v1/runs/{run}/cancel"), json!({})).await;
+    assert!(s.is_success(), "{s} {b}");
+    let ended = wait_log(&h, "the cancelled wait", |f| {
+        f.get("message") == Some(&json!("interrupt wait ended"))
+            && f.get("runId") == Some(&json!(run))
+    })
+    .await;
+    assert_eq!(flatten(&ended)["status"], "cancelled");
+    let terminal = wait_log(&h, "the cancelled run's terminal line", |f| {
+        f.get("metricKind") == Some(&json!("openwop.run.completed"))
+            && f.get("runId") == Some(&json!(run))
+    })
+    .await;
+    let f = flatten(&terminal);
+    assert_eq!(f["status"], "cancelled");
+    assert_eq!(f["openwop.run_id"], json!(run));
+    assert_eq!(f["openwop.tenant_id"], json!(tenant));
+    assert!(f["correlation_id"].is_string());
+}

@@ -95,13 +95,15 @@ fn node_span(ctx: &RunCtx, node: &dag::Node, first_attempt: u32, span_id: &str) 
 
 /// The `openwop.run.completed` log record (observability.md §"Structured-log metric
 /// records"); a failure is logged at `error`, the default severity of `run.failed`.
-fn log_terminal(run_id: &str, status: &str, error_code: Option<&str>, duration_ms: u64) {
+fn log_terminal(run_id: &str, status: &str, error: Option<&Value>, duration_ms: u64) {
     if status == "failed" {
+        let field = |k: &str| error.and_then(|e| e.get(k)).and_then(Value::as_str);
         tracing::error!(
             metricKind = "openwop.run.completed",
             runId = %run_id,
             status,
-            errorCode = error_code,
+            errorCode = field("code"),
+            error = field("message"),
             durationMs = duration_ms,
             "run failed"
         );
@@ -442,15 +444,9 @@ pub(super) async fn drive(
     }
     let duration_ms = started.elapsed().as_millis() as u64;
     let now = ts(Utc::now());
-    let (status, error_code) = match &stop {
+    let (status, error) = match &stop {
         Some(Stop::Cancel(_)) => ("cancelled", None),
-        Some(Stop::Fail { error, .. }) => (
-            "failed",
-            error
-                .get("code")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-        ),
+        Some(Stop::Fail { error, .. }) => ("failed", Some(error.clone())),
         None => ("completed", None),
     };
     let (event, update) = match stop {
@@ -504,7 +500,7 @@ pub(super) async fn drive(
     };
     let appended = ctx.append(vec![event], Some(update)).await.map(|_| ());
     if appended.is_ok() {
-        log_terminal(&ctx.run.run_id, status, error_code.as_deref(), duration_ms);
+        log_terminal(&ctx.run.run_id, status, error.as_ref(), duration_ms);
     }
     ignore_terminal(appended)
 }
@@ -923,7 +919,11 @@ async fn run_node(
                     );
                     let recs = ctx.append(events, None).await?;
                     tracing::info!(
+                        runId = %ctx.run.run_id,
+                        nodeId = %node.id,
+                        status = "retrying",
                         errorCode = error["code"].as_str(),
+                        error = error["message"].as_str(),
                         attempt,
                         delayMs = delay,
                         "node attempt failed; retrying"
@@ -1004,11 +1004,55 @@ async fn park_and_wait(
         span_id = %new_span_id(),
         parent_span_id = %node_span_id,
     );
-    tracing::info!(parent: &span, kind = %rec.kind, "node waiting on an interrupt");
+    let waiting = crate::interrupts::Kind::parse(&rec.kind)
+        .map(crate::interrupts::Kind::waiting_status)
+        .unwrap_or("waiting");
+    // Logged inside the span (not `parent:`): the JSON formatter lists the *current* spans.
+    span.in_scope(|| {
+        tracing::info!(
+        metricKind = "openwop.interrupt.requested",
+        runId = %ctx.run.run_id,
+        nodeId = %node.id,
+        nodeType = %node.type_id,
+        interruptKind = %rec.kind,
+        interruptId = %rec.interrupt_id,
+        status = waiting,
+        "run parked on an interrupt"
+        )
+    });
+    let parked_at = Instant::now();
     let end = interrupts
         .wait(&rec, cancelled(cancel))
-        .instrument(span)
+        .instrument(span.clone())
         .await?;
+    // How the wait ended (observability.md `openwop.interrupt.duration`: resolved | timeout |
+    // cancelled), with the error code the node now fails with, if any.
+    let (how, error_code) = match &end {
+        WaitEnd::Resolved(done) => {
+            let rejected = done.kind == "approval"
+                && done
+                    .resolution
+                    .as_ref()
+                    .and_then(|r| r.get("action"))
+                    .and_then(Value::as_str)
+                    == Some("reject");
+            ("resolved", rejected.then_some("interrupt_rejected"))
+        }
+        WaitEnd::TimedOut(_) => ("timeout", Some("interrupt_timeout")),
+        WaitEnd::Cancelled(_) => ("cancelled", None),
+    };
+    span.in_scope(|| {
+        tracing::info!(
+        runId = %ctx.run.run_id,
+        nodeId = %node.id,
+        interruptKind = %rec.kind,
+        interruptId = %rec.interrupt_id,
+        status = how,
+        errorCode = error_code,
+        durationMs = parked_at.elapsed().as_millis() as u64,
+        "interrupt wait ended"
+        )
+    });
     Ok(match end {
         WaitEnd::Cancelled(_) => None,
         WaitEnd::Resolved(done) => {
