@@ -43,6 +43,9 @@ enum Command {
     /// Work with workflow definitions on a running wopbox.
     #[command(subcommand)]
     Workflow(WorkflowCommand),
+    /// Start a run of a workflow on a running wopbox; with --watch, follow it to its end
+    /// (exit 0 completed, 3 failed, 4 cancelled, 1 when the client cannot go on).
+    Run(RunArgs),
     /// Mint, revoke and list scoped API keys in the operator config file.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -83,6 +86,58 @@ enum WorkflowCommand {
         #[command(flatten)]
         remote: Remote,
     },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Id of a registered workflow.
+    workflow: String,
+    /// The run's inputs: a JSON object, or @FILE to read one from a file.
+    #[arg(long, value_name = "JSON|@FILE")]
+    input: Option<String>,
+    /// Stream the run's events and show live progress until it ends (redrawn in place on a
+    /// terminal, one line per event otherwise); a run parked on an interrupt is watched on,
+    /// with a hint saying how to resolve it.
+    #[arg(long)]
+    watch: bool,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+/// `wopbox run`: without `--watch`, the created run's JSON; with it, the exit code of the
+/// run's outcome.
+async fn run_command(args: RunArgs) -> ExitCode {
+    use std::io::IsTerminal;
+    use wopbox::client::watch::Display;
+    let client = Client::new(&args.remote.url, args.remote.api_key);
+    let inputs = match wopbox::client::parse_input(args.input.as_deref()) {
+        Ok(v) => v,
+        Err(e) => return report::<_>(Err(e)),
+    };
+    let started = std::time::Instant::now();
+    let created = match client.create_run(&args.workflow, inputs).await {
+        Ok(v) => v,
+        Err(e) => return report::<_>(Err(e)),
+    };
+    if !args.watch {
+        return report::<wopbox::client::ClientError>(Ok(created));
+    }
+    let Some(run_id) = created.get("runId").and_then(serde_json::Value::as_str) else {
+        eprintln!("error: the server's answer names no runId: {created}");
+        return ExitCode::FAILURE;
+    };
+    let display = if std::io::stdout().is_terminal() {
+        Display::Live
+    } else {
+        Display::Plain
+    };
+    match client.watch(run_id, display, started).await {
+        Ok(outcome) => ExitCode::from(outcome.exit_code()),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// The operator config file the `keys` subcommands edit (the one `serve --config` reads).
@@ -235,6 +290,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys(cmd) => Ok(keys_command(cmd)),
+        Command::Run(args) => Ok(run_command(args).await),
         Command::Bench(args) => {
             wopbox::bench::run(args).await?;
             Ok(ExitCode::SUCCESS)

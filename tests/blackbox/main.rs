@@ -5,6 +5,7 @@ mod harness;
 mod audit;
 mod auth;
 mod authoring;
+mod cli_run;
 mod discovery;
 mod durability;
 mod engine;

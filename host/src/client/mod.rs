@@ -1,4 +1,4 @@
-//! The HTTP client behind `wopbox pack push` and `wopbox workflow put`.
+//! The HTTP client behind `wopbox pack push`, `wopbox workflow put` and `wopbox run`.
 //!
 //! It talks to a running wopbox exactly as any other client would, and turns
 //! the server's error envelope into a readable message and a non-zero exit.
@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+pub mod progress;
+pub mod sse;
+pub mod watch;
 
 use crate::packs::error::PackError;
 use crate::packs::manifest::validate_manifest;
@@ -29,6 +33,10 @@ pub enum ClientError {
     Manifest(#[from] PackError),
     #[error("request to {url} failed: {source}")]
     Http { url: String, source: reqwest::Error },
+    #[error("--input: {0}")]
+    Input(String),
+    #[error("{0}")]
+    Stream(String),
     #[error("server answered {status} {code}: {message}{}", details.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
     Server {
         status: u16,
@@ -36,6 +44,49 @@ pub enum ClientError {
         message: String,
         details: Option<Value>,
     },
+}
+
+/// The server's error envelope (`{error, message, details}`) as a [`ClientError`].
+fn server_error(status: u16, text: &str) -> ClientError {
+    let body: Value = serde_json::from_str(text).unwrap_or(Value::String(text.to_string()));
+    ClientError::Server {
+        status,
+        code: body
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown")
+            .to_string(),
+        message: body
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+        details: body.get("details").cloned(),
+    }
+}
+
+/// `--input JSON|@file`: the run's inputs, a JSON object given inline or read from a file.
+pub fn parse_input(arg: Option<&str>) -> Result<Value, ClientError> {
+    let Some(arg) = arg else {
+        return Ok(Value::Object(Default::default()));
+    };
+    let (text, origin) = match arg.strip_prefix('@') {
+        Some(path) => {
+            let bytes = read(Path::new(path))?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| ClientError::Input(format!("{path} is not UTF-8")))?;
+            (text, path.to_string())
+        }
+        None => (arg.to_string(), "the value".to_string()),
+    };
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| ClientError::Input(format!("{origin} is not valid JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(ClientError::Input(format!(
+            "{origin} must be a JSON object (the run's inputs)"
+        )));
+    }
+    Ok(v)
 }
 
 /// A client for one wopbox server.
@@ -75,24 +126,10 @@ impl Client {
             url: url.to_string(),
             source,
         })?;
-        let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if (200..300).contains(&status) {
-            return Ok(body);
+            return Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)));
         }
-        Err(ClientError::Server {
-            status,
-            code: body
-                .get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("unknown")
-                .to_string(),
-            message: body
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-            details: body.get("details").cloned(),
-        })
+        Err(server_error(status, &text))
     }
 
     /// Packs `dir` (its `pack.json` and the `runtime.entry` artifact) into a
@@ -130,6 +167,13 @@ impl Client {
             .header("x-pack-signing-method", "none")
             .body(tgz);
         self.send(req, &url).await
+    }
+
+    /// Starts a run of `workflow_id` with `inputs` (`POST /v1/runs`); the server's 201 body.
+    pub async fn create_run(&self, workflow_id: &str, inputs: Value) -> Result<Value, ClientError> {
+        let url = format!("{}/v1/runs", self.base);
+        let body = serde_json::json!({"workflowId": workflow_id, "inputs": inputs});
+        self.send(self.http.post(&url).json(&body), &url).await
     }
 
     /// Registers the workflow definition in `file`.
