@@ -164,6 +164,8 @@ impl Host {
         discovery.add_interrupt_profile(api::approvers::AUTH_REQUIRED_PROFILE);
         // Parent cancel cascades into waiting children (tests/blackbox/interrupt_cascade.rs).
         discovery.add_interrupt_profile(engine::subworkflow::CASCADE_CANCEL_PROFILE);
+        // N-of-M approvals (tests/blackbox/interrupt_quorum.rs backs the claim).
+        discovery.add_interrupt_profile(interrupts::quorum::PROFILE);
         discovery.set_block("interrupt", api::approvers::discovery_block(), false);
         let routers = vec![
             api::webhooks::router(webhooks.clone()),

@@ -10,10 +10,81 @@ use serde_json::{json, Value};
 
 use super::auth::Principal;
 use super::error::ApiError;
+use crate::interrupts::voting::Voter;
 
 /// interrupt-profiles.md: resuming needs a bearer with `approvals:respond`; the signed callback
 /// token is not enough. A gate opts in with `config.profile`.
 pub const AUTH_REQUIRED_PROFILE: &str = "openwop-interrupt-auth-required";
+
+/// Lets a key cast a quorum vote for a named voter (`resumeValue.voter`): interrupt.md allows
+/// "admin acting-as" submissions per host policy; wopbox's policy is this scope (held through
+/// `*` or `approvals:*`, or granted explicitly).
+pub const ON_BEHALF_SCOPE: &str = "approvals:on-behalf";
+
+/// Longest accepted `resumeValue.voter`.
+const MAX_VOTER_LEN: usize = 256;
+
+/// Who a quorum vote by `p` counts for: `p` itself, or the `resumeValue.voter` it names when
+/// `p` holds [`ON_BEHALF_SCOPE`]. The voter must be eligible (a named voter only through
+/// `approversList`: its roles and groups are unknown to the host).
+pub fn voter(data: &Value, p: &Principal, body: &Value) -> Result<Voter, ApiError> {
+    let resume = crate::interrupts::resume::resume_value(body);
+    let claimed = match resume.get("voter") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(v)) if !v.is_empty() && v.len() <= MAX_VOTER_LEN => Some(v.as_str()),
+        Some(_) => {
+            return Err(ApiError::validation(format!(
+                "resumeValue.voter must be a non-empty string of at most {MAX_VOTER_LEN} bytes"
+            ))
+            .details(json!({"path": "/voter"})))
+        }
+    };
+    let e = Eligibility::from_data(data);
+    let refuse = || {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this voter is not an eligible approver for this interrupt; the run keeps waiting",
+        )
+        .details({
+            let mut d = e.to_json();
+            d["reason"] = json!("not_an_eligible_approver");
+            d
+        })
+    };
+    let (id, by) = match claimed {
+        Some(v) if v != p.id => {
+            if !p.allows(ON_BEHALF_SCOPE) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    format!("voting on behalf of another voter needs the {ON_BEHALF_SCOPE} scope"),
+                )
+                .details(
+                    json!({"reason": "on_behalf_not_allowed", "scopeRequired": ON_BEHALF_SCOPE}),
+                ));
+            }
+            let by = if !e.is_restricted() {
+                EligibleBy::Unrestricted
+            } else if e.principals.iter().any(|x| x == v) {
+                EligibleBy::Principal(v.to_string())
+            } else {
+                return Err(refuse());
+            };
+            (v.to_string(), by)
+        }
+        _ => (p.id.clone(), e.admits(p).ok_or_else(refuse)?),
+    };
+    let mut eligible_by = by.to_json();
+    if id != p.id {
+        eligible_by["onBehalfVia"] = json!(ON_BEHALF_SCOPE);
+    }
+    Ok(Voter {
+        id,
+        submitted_by: p.id.clone(),
+        eligible_by,
+    })
+}
 
 /// Discovery `interrupt.approverRouting` (capabilities.md, RFC 0104): both ref kinds are
 /// resolved against the key's config entry; notifications are not routed, so no `audience`.
@@ -50,6 +121,12 @@ pub fn check_token(data: &Value) -> Result<(), ApiError> {
         return refuse(
             "auth_elevation_required",
             "this interrupt requires a bearer key with approvals:respond; the signed token cannot resolve it",
+        );
+    }
+    if crate::interrupts::quorum::QuorumRule::from_data(data).is_some() {
+        return refuse(
+            "forbidden",
+            "this interrupt needs a quorum of distinct approvers; the signed token carries no identity to count, so vote with an approver's bearer key",
         );
     }
     if Eligibility::from_data(data).is_restricted() {

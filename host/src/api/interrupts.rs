@@ -18,6 +18,7 @@ use super::body::OptionalJsonBody;
 use super::error::ApiError;
 use super::runs::load_run;
 use super::AppState;
+use crate::interrupts::quorum::QuorumRule;
 use crate::interrupts::resume::ResumeError;
 use crate::interrupts::token::{digest, Intent};
 use crate::interrupts::{ResolveError, Via};
@@ -82,6 +83,15 @@ pub fn api_error(e: ResolveError, via: Via) -> ApiError {
             "forbidden",
             "this token may only inspect the interrupt, not resolve it",
         ),
+        ResolveError::VoteConflict {
+            voter,
+            prior_action,
+        } => ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("{voter} already voted '{prior_action}' on this interrupt; a vote cannot be changed"),
+        )
+        .details(json!({"reason": "vote_already_cast", "voter": voter, "priorAction": prior_action})),
         ResolveError::Resume(ResumeError::Invalid { message, details }) => {
             ApiError::validation(message).details(details)
         }
@@ -113,11 +123,22 @@ pub async fn resolve_by_node(
         .map_err(|e| api_error(e, Via::Run))?;
     // The host's resolution layer decides who may answer (interrupt.md §"Host-side
     // enforcement boundary"), before the engine sees the resume.
+    let body = body_or_empty(body);
     if rec.kind == "approval" {
+        // A quorum approval counts one vote per principal (interrupt-profiles.md
+        // `openwop-interrupt-quorum`).
+        if let Some(rule) = QuorumRule::from_data(&rec.data) {
+            let voter = approvers::voter(&rec.data, &principal, &body)?;
+            let out = interrupts
+                .vote(&rec, rule, &body, &voter)
+                .await
+                .map_err(|e| api_error(e, Via::Run))?;
+            return Ok(axum::Json(out).into_response());
+        }
         approvers::check_bearer(&rec.data, &principal)?;
     }
     let out = interrupts
-        .resolve(&rec, &body_or_empty(body), &principal.id, Via::Run)
+        .resolve(&rec, &body, &principal.id, Via::Run)
         .await
         .map_err(|e| api_error(e, Via::Run))?;
     Ok(axum::Json(out).into_response())

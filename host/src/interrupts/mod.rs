@@ -18,8 +18,10 @@
 //! (`${runId}:${nodeId}:${attempt}`) finds the stored interrupt, so nothing is requested twice.
 
 pub mod config;
+pub mod quorum;
 pub mod resume;
 pub mod token;
+pub mod voting;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -38,12 +40,14 @@ use token::{Intent, TokenClaims, TokenError, TokenKeys};
 
 /// Conformance fixtures whose semantics this module implements (advertised via
 /// `Host::supported_fixtures`).
-pub const FIXTURES: [&str; 4] = [
+pub const FIXTURES: [&str; 5] = [
     "conformance-approval",
     "conformance-clarification",
     "conformance-interrupt-external-event",
     // Its gate's `profile` is enforced by `api::approvers` (bearer with approvals:respond only).
     "conformance-interrupt-auth-required",
+    // `requiredApprovals: 3`, `rejectionPolicy: majority`: see `quorum`.
+    "conformance-interrupt-quorum",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +126,9 @@ pub enum ResolveError {
     Gone,
     #[error("this token may only inspect the interrupt")]
     InspectOnly,
+    /// A quorum voter who already voted sent a different decision.
+    #[error("{voter} already voted '{prior_action}' on this interrupt")]
+    VoteConflict { voter: String, prior_action: String },
     #[error(transparent)]
     Resume(#[from] ResumeError),
     #[error(transparent)]
@@ -419,16 +426,25 @@ impl Interrupts {
         v
     }
 
-    /// Pending interrupts of a run, as snapshot views.
+    /// Pending interrupts of a run, as snapshot views (a quorum approval with its votes).
     pub async fn pending_views(&self, run_id: &str) -> Result<Vec<Value>, StoreError> {
-        Ok(self
-            .store
-            .run_interrupts(run_id)
-            .await?
-            .iter()
-            .filter(|r| r.status == "pending")
-            .map(|r| self.view(r))
-            .collect())
+        let mut out = Vec::new();
+        for r in self.store.run_interrupts(run_id).await? {
+            if r.status != "pending" {
+                continue;
+            }
+            let mut v = self.view(&r);
+            if let Some(rule) =
+                quorum::QuorumRule::from_data(&r.data).filter(|_| r.kind == "approval")
+            {
+                let votes = self.votes(&r.interrupt_id).await?;
+                let (a, rj) = quorum::tally(votes.iter().filter_map(|v| v["action"].as_str()));
+                v["quorumProgress"] = rule.progress(a, rj);
+                v["votes"] = json!(votes);
+            }
+            out.push(v);
+        }
+        Ok(out)
     }
 
     /// The interrupt a run raised at `node_id`: the pending one, else the latest.

@@ -25,7 +25,7 @@ pub const SPEC_SCOPES: [&str; 13] = [
 
 /// wopbox's own scopes for its host-extension routes (auth.md allows additional scopes that
 /// do not shadow the spec's names).
-pub const HOST_SCOPES: [&str; 5] = [
+pub const HOST_SCOPES: [&str; 6] = [
     // POST/PUT /v1/workflows: registering definitions.
     "workflows:write",
     // GET /v1/packs...: listing and downloading installed packs.
@@ -36,6 +36,8 @@ pub const HOST_SCOPES: [&str; 5] = [
     "packs:execute",
     // GET /metrics: host-wide Prometheus figures, all tenants (docs/operations.md).
     "metrics:read",
+    // Quorum approvals: cast a vote for the voter named in `resumeValue.voter`.
+    "approvals:on-behalf",
 ];
 
 /// Every scope a key may hold (for `--help` texts and error messages).

@@ -57,6 +57,53 @@ pub enum CloseOutcome {
     NotFound,
 }
 
+/// One approver's vote on a quorum approval (interrupt-profiles.md `openwop-interrupt-quorum`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VoteRecord {
+    /// The principal the vote counts for (one vote per voter and interrupt).
+    pub voter: String,
+    /// `accept` or `reject`.
+    pub action: String,
+    pub decided_at: String,
+    /// The authenticated key that cast it (differs from `voter` for an on-behalf vote).
+    pub submitted_by: String,
+    /// JSON: `feedback?`, `eligibleBy`.
+    pub detail: Value,
+    /// The vote's `approval.received` event.
+    pub event_id: String,
+}
+
+/// What a counted vote writes, decided from every vote so far (the new one last) inside the
+/// store's transaction, so two concurrent votes can never both see the same tally.
+pub struct VotePlan {
+    pub events: Vec<NewEvent>,
+    /// `Some` when this vote settles the quorum.
+    pub close: Option<InterruptClose>,
+    pub update: RunUpdate,
+}
+
+pub type PlanVote = Box<dyn FnOnce(&[VoteRecord]) -> VotePlan + Send>;
+
+#[derive(Debug, Clone)]
+pub enum VoteOutcome {
+    /// Recorded; `votes` are all votes in order (this one last); `closed` when it settled the
+    /// quorum.
+    Counted {
+        votes: Vec<VoteRecord>,
+        closed: bool,
+        records: Vec<EventRecord>,
+    },
+    /// The voter had already voted: nothing was written. `status` is the interrupt's.
+    Duplicate {
+        prior: VoteRecord,
+        votes: Vec<VoteRecord>,
+        status: String,
+    },
+    NotPending(String),
+    RunTerminal,
+    NotFound,
+}
+
 #[async_trait]
 pub trait InterruptStore: Send + Sync {
     /// Insert a pending interrupt and append `events` (+ `update`) in one transaction.
@@ -83,6 +130,18 @@ pub trait InterruptStore: Send + Sync {
         events: Vec<NewEvent>,
         update: RunUpdate,
     ) -> StoreResult<CloseOutcome>;
+    /// Record `vote` on a pending interrupt, serialized with every other vote and close of it
+    /// (SQLite: the single writer; Postgres: the interrupt row's lock): a voter who already
+    /// voted gets `Duplicate` (even once closed); otherwise the vote row, `plan`'s events and its
+    /// optional close commit together.
+    async fn cast_vote(
+        &self,
+        interrupt_id: &str,
+        vote: &VoteRecord,
+        plan: PlanVote,
+    ) -> StoreResult<VoteOutcome>;
+    /// The votes cast on an interrupt, in order.
+    async fn interrupt_votes(&self, interrupt_id: &str) -> StoreResult<Vec<VoteRecord>>;
     /// Mark a run's pending interrupts `cancelled` (their tokens become invalid). `cause`, when
     /// given, is kept as the row's `resolution` so a later resolve can say why (a cascade from
     /// a parent run makes the interrupt gone rather than merely cancelled).

@@ -216,3 +216,14 @@ pub(crate) fn interrupt<R: Cols>(r: &R) -> StoreResult<super::interrupts::Interr
         resumed_event_id: r.opt_text("resumed_event_id")?,
     })
 }
+
+pub(crate) fn vote<R: Cols>(r: &R) -> StoreResult<super::interrupts::VoteRecord> {
+    Ok(super::interrupts::VoteRecord {
+        voter: r.text("voter")?,
+        action: r.text("action")?,
+        decided_at: r.text("decided_at")?,
+        submitted_by: r.text("submitted_by")?,
+        detail: r.json("detail")?,
+        event_id: r.text("event_id")?,
+    })
+}

@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use crate::engine::registry::{NodeExecutor, NodeInvocation, NodeOutcome, NodeResult};
+use crate::interrupts::quorum::{QuorumRule, RejectionPolicy, MAX_REQUIRED_APPROVALS};
 use crate::interrupts::{InterruptRequest, Kind};
 
 /// Longest interrupt deadline accepted (`timeoutMs`): 30 days.
@@ -89,15 +90,58 @@ impl ApprovalGate {
                 }
             }
         }
-        match config.get("requiredApprovals") {
-            None | Some(Value::Null) => {}
-            Some(v) if v.as_u64() == Some(1) => {}
-            Some(_) => return Err(
-                "config.requiredApprovals other than 1 (multi-approver quorum) is not supported"
-                    .into(),
-            ),
-        }
+        Self::check_quorum(config)?;
         timeout_ms(config).map(|_| ())
+    }
+
+    /// `requiredApprovals` / `rejectionPolicy` (interrupts::quorum). A quorum gate takes only
+    /// accept/reject votes (a refine or edit by one of N approvers has no defined tally), and
+    /// must be satisfiable by the approvers it names.
+    fn check_quorum(config: &Value) -> Result<(), String> {
+        let required = match config.get("requiredApprovals") {
+            None | Some(Value::Null) => 1,
+            Some(v) => match v.as_u64() {
+                Some(n) if (1..=MAX_REQUIRED_APPROVALS).contains(&n) => n,
+                _ => {
+                    return Err(format!(
+                        "config.requiredApprovals must be an integer between 1 and {MAX_REQUIRED_APPROVALS}"
+                    ))
+                }
+            },
+        };
+        match config.get("rejectionPolicy") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(p)) if RejectionPolicy::parse(p).is_some() => {}
+            Some(_) => {
+                return Err("config.rejectionPolicy must be 'single-veto' or 'majority'".into())
+            }
+        }
+        if required == 1 {
+            return Ok(());
+        }
+        if let Some(Value::Array(actions)) = config.get("actions") {
+            if let Some(a) = actions
+                .iter()
+                .filter_map(Value::as_str)
+                .find(|a| !["accept", "reject"].contains(a))
+            {
+                return Err(format!(
+                    "config.actions: '{a}' is not available on a quorum gate (requiredApprovals > 1 takes accept/reject votes only)"
+                ));
+            }
+        }
+        let named = |k: &str| config.get(k).and_then(Value::as_array).map_or(0, Vec::len);
+        let listed = named("approversList");
+        if listed > 0
+            && named("approverRoleRefs") == 0
+            && named("approverGroupRefs") == 0
+            && (listed as u64) < required
+        {
+            return Err(format!(
+                "config.approversList names {listed} approvers but requiredApprovals is {required}: the quorum could never be reached"
+            ));
+        }
+        Ok(())
     }
 
     fn request(inv: &NodeInvocation) -> Result<InterruptRequest, String> {
@@ -128,6 +172,12 @@ impl ApprovalGate {
             if let Some(v) = c.get(k) {
                 data[k] = v.clone();
             }
+        }
+        // A quorum gate's payload documents its whole rule (interrupt-profiles.md), defaults
+        // included.
+        if let Some(rule) = QuorumRule::from_data(&data) {
+            data["rejectionPolicy"] = json!(rule.policy.as_str());
+            data["rejectAt"] = json!(rule.reject_at());
         }
         Ok(InterruptRequest {
             kind: Kind::Approval,

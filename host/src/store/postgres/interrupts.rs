@@ -3,7 +3,10 @@
 //! (`FOR UPDATE`, status must be `pending`) instead, and its NOTIFY wakes the executing process.
 
 use super::PgStore;
-use crate::store::interrupts::{CloseOutcome, InterruptClose, InterruptRecord, InterruptStore};
+use crate::store::interrupts::{
+    CloseOutcome, InterruptClose, InterruptRecord, InterruptStore, PlanVote, VoteOutcome,
+    VoteRecord,
+};
 use crate::store::rows;
 use crate::store::{EventRecord, NewEvent, RunUpdate, StoreError, StoreResult};
 use async_trait::async_trait;
@@ -122,6 +125,100 @@ impl InterruptStore for PgStore {
             Err(StoreError::RunTerminal) => Ok(CloseOutcome::RunTerminal),
             Err(e) => Err(e),
         }
+    }
+
+    async fn cast_vote(
+        &self,
+        interrupt_id: &str,
+        vote: &VoteRecord,
+        plan: PlanVote,
+    ) -> StoreResult<VoteOutcome> {
+        let mut tx = self.pool.begin().await?;
+        // The interrupt row's lock serialises every vote and close of this interrupt across
+        // processes; READ COMMITTED re-reads the votes after the lock is granted.
+        let row: Option<(String, String)> = sqlx::query_as(
+            "SELECT run_id, status FROM interrupts WHERE interrupt_id = $1 FOR UPDATE",
+        )
+        .bind(interrupt_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((run_id, status)) = row else {
+            return Ok(VoteOutcome::NotFound);
+        };
+        let before: Vec<VoteRecord> =
+            sqlx::query("SELECT * FROM interrupt_votes WHERE interrupt_id = $1 ORDER BY seq")
+                .bind(interrupt_id)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(rows::vote)
+                .collect::<StoreResult<_>>()?;
+        if let Some(prior) = before.iter().find(|v| v.voter == vote.voter).cloned() {
+            return Ok(VoteOutcome::Duplicate {
+                prior,
+                votes: before,
+                status,
+            });
+        }
+        if status != "pending" {
+            return Ok(VoteOutcome::NotPending(status));
+        }
+        sqlx::query(
+            "INSERT INTO interrupt_votes (interrupt_id, voter, seq, action, decided_at, submitted_by,
+               detail, event_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(interrupt_id)
+        .bind(&vote.voter)
+        .bind(before.len() as i64 + 1)
+        .bind(&vote.action)
+        .bind(&vote.decided_at)
+        .bind(&vote.submitted_by)
+        .bind(vote.detail.to_string())
+        .bind(&vote.event_id)
+        .execute(&mut *tx)
+        .await?;
+        let mut all = before;
+        all.push(vote.clone());
+        let plan = plan(&all);
+        let closed = plan.close.is_some();
+        if let Some(close) = &plan.close {
+            sqlx::query(
+                "UPDATE interrupts SET status = $1, resolution = $2, resolved_by = $3, resolved_at = $4,
+                   resumed_event_id = $5 WHERE interrupt_id = $6 AND status = 'pending'",
+            )
+            .bind(&close.status)
+            .bind(close.resolution.to_string())
+            .bind(&close.resolved_by)
+            .bind(&close.resolved_at)
+            .bind(&close.resumed_event_id)
+            .bind(interrupt_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        match self
+            .append_in_tx(&mut tx, &run_id, plan.events, Some(plan.update), false)
+            .await
+        {
+            Ok(records) => {
+                tx.commit().await?;
+                Ok(VoteOutcome::Counted {
+                    votes: all,
+                    closed,
+                    records,
+                })
+            }
+            Err(StoreError::RunTerminal) => Ok(VoteOutcome::RunTerminal),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn interrupt_votes(&self, interrupt_id: &str) -> StoreResult<Vec<VoteRecord>> {
+        let found =
+            sqlx::query("SELECT * FROM interrupt_votes WHERE interrupt_id = $1 ORDER BY seq")
+                .bind(interrupt_id)
+                .fetch_all(&self.pool)
+                .await?;
+        found.iter().map(rows::vote).collect()
     }
 
     async fn cancel_interrupts(&self, run_id: &str, cause: Option<&Value>) -> StoreResult<u64> {

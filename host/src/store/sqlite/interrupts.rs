@@ -2,7 +2,10 @@
 //! (`writer.rs`), the row change and the event append in one savepoint of its transaction.
 
 use super::{SqliteStore, WriteOp};
-use crate::store::interrupts::{CloseOutcome, InterruptClose, InterruptRecord, InterruptStore};
+use crate::store::interrupts::{
+    CloseOutcome, InterruptClose, InterruptRecord, InterruptStore, PlanVote, VoteOutcome,
+    VoteRecord,
+};
 use crate::store::rows;
 use crate::store::{EventRecord, NewEvent, RunUpdate, StoreResult};
 use async_trait::async_trait;
@@ -79,6 +82,33 @@ impl InterruptStore for SqliteStore {
                 reply,
             })
             .await
+    }
+
+    async fn cast_vote(
+        &self,
+        interrupt_id: &str,
+        vote: &VoteRecord,
+        plan: PlanVote,
+    ) -> StoreResult<VoteOutcome> {
+        let (interrupt_id, vote) = (interrupt_id.to_string(), Box::new(vote.clone()));
+        self.hot
+            .call(|reply| WriteOp::CastVote {
+                interrupt_id,
+                vote,
+                plan: Some(plan),
+                reply,
+            })
+            .await
+    }
+
+    async fn interrupt_votes(&self, interrupt_id: &str) -> StoreResult<Vec<VoteRecord>> {
+        // The writer connection: a vote just answered is visible (the reader may lag a commit).
+        let found =
+            sqlx::query("SELECT * FROM interrupt_votes WHERE interrupt_id = ? ORDER BY seq")
+                .bind(interrupt_id)
+                .fetch_all(&self.writer)
+                .await?;
+        found.iter().map(rows::vote).collect()
     }
 
     async fn cancel_interrupts(&self, run_id: &str, cause: Option<&Value>) -> StoreResult<u64> {

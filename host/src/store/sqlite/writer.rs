@@ -23,7 +23,9 @@ use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::audit::{AuditEntry, NewAuditEntry};
-use crate::store::interrupts::{CloseOutcome, InterruptClose, InterruptRecord};
+use crate::store::interrupts::{
+    CloseOutcome, InterruptClose, InterruptRecord, PlanVote, VoteOutcome, VoteRecord,
+};
 use crate::store::live::LiveRuns;
 use crate::store::retention::{Cutoffs, Purged};
 use crate::store::{
@@ -90,6 +92,13 @@ pub(crate) enum WriteOp {
         limit: u32,
         reply: oneshot::Sender<StoreResult<Purged>>,
     },
+    /// Count one quorum vote: the single writer serialises it with every other vote and close.
+    CastVote {
+        interrupt_id: String,
+        vote: Box<VoteRecord>,
+        plan: Option<PlanVote>,
+        reply: oneshot::Sender<StoreResult<VoteOutcome>>,
+    },
 }
 
 /// What one op did inside the transaction (applied to the cache and answered after commit).
@@ -114,12 +123,19 @@ enum Done {
         purged: Purged,
         runs: Vec<String>,
     },
+    /// Anything but `Counted` wrote nothing that may stay.
+    VoteCast {
+        outcome: VoteOutcome,
+        update: RunUpdate,
+        now: String,
+    },
 }
 
 impl Done {
     fn keeps_writes(&self) -> bool {
         match self {
             Done::InterruptClosed { outcome, .. } => matches!(outcome, CloseOutcome::Closed(_)),
+            Done::VoteCast { outcome, .. } => matches!(outcome, VoteOutcome::Counted { .. }),
             _ => true,
         }
     }
@@ -247,6 +263,7 @@ fn fail_all(batch: Vec<WriteOp>, e: &StoreError) {
             WriteOp::ParkInterrupt { reply, .. } => drop(reply.send(err(&msg))),
             WriteOp::CloseInterrupt { reply, .. } => drop(reply.send(err(&msg))),
             WriteOp::Purge { reply, .. } => drop(reply.send(err(&msg))),
+            WriteOp::CastVote { reply, .. } => drop(reply.send(err(&msg))),
         }
     }
 }
@@ -339,6 +356,24 @@ fn answer(live: &LiveRuns, op: WriteOp, result: StoreResult<Done>) {
                 }
                 _ => unreachable!("purge answered with another op's result"),
             }));
+        }
+        (WriteOp::CastVote { reply, .. }, r) => {
+            let r = r.map(|d| match d {
+                Done::VoteCast {
+                    outcome,
+                    update,
+                    now,
+                } => {
+                    if let VoteOutcome::Counted { records, .. } = &outcome {
+                        if let Some(first) = records.first() {
+                            live.appended(&first.run_id, records, &update, &now);
+                        }
+                    }
+                    outcome
+                }
+                _ => unreachable!("vote answered with another op's result"),
+            });
+            let _ = reply.send(r);
         }
         (WriteOp::Audit { reply, .. }, r) => {
             let _ = reply.send(r.map(|d| match d {
@@ -456,6 +491,15 @@ fn apply(db: &rusqlite::Connection, op: &mut WriteOp) -> rusqlite::Result<StoreR
         ),
         WriteOp::Purge { cut, limit, .. } => super::retention::purge(db, cut, *limit)
             .map(|(purged, runs)| Ok(Done::Purged { purged, runs })),
+        WriteOp::CastVote {
+            interrupt_id,
+            vote,
+            plan,
+            ..
+        } => match plan.take() {
+            Some(plan) => cast_vote(db, interrupt_id, vote, plan),
+            None => Ok(Err(StoreError::Backend("vote applied twice".into()))),
+        },
     }
 }
 
@@ -677,6 +721,118 @@ fn close_interrupt(
         Err(StoreError::RunTerminal) => Ok(unchanged(CloseOutcome::RunTerminal)),
         Err(e) => Err(e),
     })
+}
+
+fn vote_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(VoteRecord, String)> {
+    Ok((
+        VoteRecord {
+            voter: r.get(0)?,
+            action: r.get(1)?,
+            decided_at: r.get(2)?,
+            submitted_by: r.get(3)?,
+            detail: serde_json::Value::Null,
+            event_id: r.get(5)?,
+        },
+        r.get(4)?,
+    ))
+}
+
+/// Count a vote (see `InterruptStore::cast_vote`); anything but `Counted` is rolled back with
+/// the op's savepoint.
+fn cast_vote(
+    db: &rusqlite::Connection,
+    interrupt_id: &str,
+    vote: &VoteRecord,
+    plan: PlanVote,
+) -> rusqlite::Result<StoreResult<Done>> {
+    let unchanged = |outcome| {
+        Ok(Ok(Done::VoteCast {
+            outcome,
+            update: RunUpdate::default(),
+            now: String::new(),
+        }))
+    };
+    let row: Option<(String, String)> = db
+        .prepare_cached("SELECT run_id, status FROM interrupts WHERE interrupt_id = ?1")?
+        .query_row(params![interrupt_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((run_id, status)) = row else {
+        return unchanged(VoteOutcome::NotFound);
+    };
+    let mut before = Vec::new();
+    {
+        let mut q = db.prepare_cached(
+            "SELECT voter, action, decided_at, submitted_by, detail, event_id
+               FROM interrupt_votes WHERE interrupt_id = ?1 ORDER BY seq",
+        )?;
+        for r in q.query_map(params![interrupt_id], vote_row)? {
+            let (mut v, detail) = r?;
+            v.detail = match serde_json::from_str(&detail) {
+                Ok(d) => d,
+                Err(e) => return Ok(Err(e.into())),
+            };
+            before.push(v);
+        }
+    }
+    if let Some(prior) = before.iter().find(|v| v.voter == vote.voter).cloned() {
+        return unchanged(VoteOutcome::Duplicate {
+            prior,
+            votes: before,
+            status,
+        });
+    }
+    if status != "pending" {
+        return unchanged(VoteOutcome::NotPending(status));
+    }
+    db.prepare_cached(
+        "INSERT INTO interrupt_votes (interrupt_id, voter, seq, action, decided_at, submitted_by,
+           detail, event_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        interrupt_id,
+        vote.voter,
+        before.len() as i64 + 1,
+        vote.action,
+        vote.decided_at,
+        vote.submitted_by,
+        vote.detail.to_string(),
+        vote.event_id,
+    ])?;
+    let mut all = before;
+    all.push(vote.clone());
+    let plan = plan(&all);
+    let closed = plan.close.is_some();
+    if let Some(close) = &plan.close {
+        db.prepare_cached(
+            "UPDATE interrupts SET status = ?1, resolution = ?2, resolved_by = ?3, resolved_at = ?4,
+               resumed_event_id = ?5 WHERE interrupt_id = ?6 AND status = 'pending'",
+        )?
+        .execute(params![
+            close.status,
+            close.resolution.to_string(),
+            close.resolved_by,
+            close.resolved_at,
+            close.resumed_event_id,
+            interrupt_id,
+        ])?;
+    }
+    let payloads = plan.events.iter().map(|e| e.payload.to_string()).collect();
+    Ok(
+        match append(db, &run_id, plan.events, payloads, &plan.update)? {
+            Ok(Done::Appended { records, now }) => Ok(Done::VoteCast {
+                outcome: VoteOutcome::Counted {
+                    votes: all,
+                    closed,
+                    records,
+                },
+                update: plan.update,
+                now,
+            }),
+            Ok(_) => unreachable!("append answers Appended"),
+            Err(StoreError::RunTerminal) => return unchanged(VoteOutcome::RunTerminal),
+            Err(e) => Err(e),
+        },
+    )
 }
 
 fn audit(
