@@ -80,16 +80,16 @@ async fn well_known_is_public_and_complete() {
         "conformance-interrupt-parent-child-cancel-child",
         "conformance-subworkflow-mid-run-mutation",
         "conformance-subworkflow-mid-run-mutation-child",
+        "conformance-interrupt-quorum",
     ] {
         assert!(
             fixtures.contains(&f.to_string()),
             "interrupt fixture {f}: {fixtures:?}"
         );
     }
-    // Unimplemented semantics (quorum, recursion limit, run-duration cap, agents) must not be
+    // Unimplemented semantics (recursion limit, run-duration cap, agents) must not be
     // advertised, even when the node types are all core.*.
     for f in [
-        "conformance-interrupt-quorum",
         "conformance-cap-breach",
         "conformance-run-duration-breach",
         "conformance-agent-identity",

@@ -269,7 +269,9 @@ async fn rejection_fails_the_run_and_the_resolution_feeds_downstream_nodes() {
     for bad in [
         json!({"actions": ["accept", "launch"]}),
         json!({"actions": []}),
-        json!({"requiredApprovals": 3}),
+        json!({"requiredApprovals": 0}),
+        json!({"requiredApprovals": 3, "actions": ["accept", "edit"]}),
+        json!({"rejectionPolicy": "loudest"}),
         json!({"timeoutMs": -5}),
     ] {
         let def = workflow(
