@@ -158,7 +158,7 @@ fn approver_with(config: &std::path::Path, flag: &str, name: &str) -> String {
     out["secret"].as_str().unwrap().to_string()
 }
 
-fn routed_gate(id: &str, routing: Value) -> Value {
+pub fn routed_gate(id: &str, routing: Value) -> Value {
     let mut config = json!({"title": "routed", "actions": ["accept", "reject"]});
     for (k, v) in routing.as_object().unwrap() {
         config[k] = v.clone();

@@ -9,6 +9,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::harness::*;
+use crate::interrupt_auth::routed_gate;
 use crate::scopes::{call, config_path, create_run_as, host_with_config, mint};
 
 const QUORUM: &str = "conformance-interrupt-quorum";
@@ -32,16 +33,11 @@ fn of_type<'a>(events: &'a [Value], ty: &str) -> Vec<&'a Value> {
 
 /// A gate needing `n` approvals under `policy`, with extra config merged in.
 fn quorum_workflow(id: &str, n: u64, policy: &str, extra: Value) -> Value {
-    let mut config = json!({"title": "q", "requiredApprovals": n, "rejectionPolicy": policy});
+    let mut config = json!({"requiredApprovals": n, "rejectionPolicy": policy});
     for (k, v) in extra.as_object().unwrap() {
         config[k] = v.clone();
     }
-    workflow(
-        id,
-        json!([node("gate", "core.approvalGate", config, json!({}))]),
-        json!([]),
-        json!([]),
-    )
+    routed_gate(id, config)
 }
 
 #[tokio::test]

@@ -40,18 +40,7 @@ pub fn voter(data: &Value, p: &Principal, body: &Value) -> Result<Voter, ApiErro
         }
     };
     let e = Eligibility::from_data(data);
-    let refuse = || {
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this voter is not an eligible approver for this interrupt; the run keeps waiting",
-        )
-        .details({
-            let mut d = e.to_json();
-            d["reason"] = json!("not_an_eligible_approver");
-            d
-        })
-    };
+    let refuse = || not_eligible(&e, "this voter");
     let (id, by) = match claimed {
         Some(v) if v != p.id => {
             if !p.allows(ON_BEHALF_SCOPE) {
@@ -92,21 +81,22 @@ pub fn discovery_block() -> Value {
     json!({"approverRouting": {"supported": true, "refKinds": ["group", "role"], "audience": false}})
 }
 
+/// `403 forbidden` for `who` outside the interrupt's approvers; the run keeps waiting.
+fn not_eligible(e: &Eligibility, who: &str) -> ApiError {
+    let mut d = e.to_json();
+    d["reason"] = json!("not_an_eligible_approver");
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!("{who} is not an eligible approver for this interrupt; the run keeps waiting"),
+    )
+    .details(d)
+}
+
 /// Who may resolve an approval interrupt with `data` through the bearer route.
 pub fn check_bearer(data: &Value, p: &Principal) -> Result<EligibleBy, ApiError> {
     let e = Eligibility::from_data(data);
-    e.admits(p).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this key is not an eligible approver for this interrupt; the run keeps waiting",
-        )
-        .details({
-            let mut d = e.to_json();
-            d["reason"] = json!("not_an_eligible_approver");
-            d
-        })
-    })
+    e.admits(p).ok_or_else(|| not_eligible(&e, "this key"))
 }
 
 /// Whether a signed token (which carries no identity) may resolve an interrupt with `data`:

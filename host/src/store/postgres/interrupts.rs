@@ -12,6 +12,41 @@ use crate::store::{EventRecord, NewEvent, RunUpdate, StoreError, StoreResult};
 use async_trait::async_trait;
 use serde_json::Value;
 
+/// Lock an interrupt's row for the transaction: `(run_id, status)`. Every close and vote of
+/// one interrupt takes this lock first, so they are serialised across processes.
+async fn lock_interrupt(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    interrupt_id: &str,
+) -> StoreResult<Option<(String, String)>> {
+    Ok(
+        sqlx::query_as("SELECT run_id, status FROM interrupts WHERE interrupt_id = $1 FOR UPDATE")
+            .bind(interrupt_id)
+            .fetch_optional(&mut **tx)
+            .await?,
+    )
+}
+
+/// Move a pending interrupt to `close.status` (inside the caller's transaction).
+async fn mark_closed(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    interrupt_id: &str,
+    close: &InterruptClose,
+) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE interrupts SET status = $1, resolution = $2, resolved_by = $3, resolved_at = $4,
+           resumed_event_id = $5 WHERE interrupt_id = $6 AND status = 'pending'",
+    )
+    .bind(&close.status)
+    .bind(close.resolution.to_string())
+    .bind(&close.resolved_by)
+    .bind(&close.resolved_at)
+    .bind(&close.resumed_event_id)
+    .bind(interrupt_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 #[async_trait]
 impl InterruptStore for PgStore {
     async fn park_interrupt(
@@ -89,30 +124,14 @@ impl InterruptStore for PgStore {
         update: RunUpdate,
     ) -> StoreResult<CloseOutcome> {
         let mut tx = self.pool.begin().await?;
-        let row: Option<(String, String)> = sqlx::query_as(
-            "SELECT run_id, status FROM interrupts WHERE interrupt_id = $1 FOR UPDATE",
-        )
-        .bind(interrupt_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let row = lock_interrupt(&mut tx, interrupt_id).await?;
         let Some((run_id, status)) = row else {
             return Ok(CloseOutcome::NotFound);
         };
         if status != "pending" {
             return Ok(CloseOutcome::NotPending(status));
         }
-        sqlx::query(
-            "UPDATE interrupts SET status = $1, resolution = $2, resolved_by = $3, resolved_at = $4,
-               resumed_event_id = $5 WHERE interrupt_id = $6 AND status = 'pending'",
-        )
-        .bind(&close.status)
-        .bind(close.resolution.to_string())
-        .bind(&close.resolved_by)
-        .bind(&close.resolved_at)
-        .bind(&close.resumed_event_id)
-        .bind(interrupt_id)
-        .execute(&mut *tx)
-        .await?;
+        mark_closed(&mut tx, interrupt_id, close).await?;
         match self
             .append_in_tx(&mut tx, &run_id, events, Some(update), false)
             .await
@@ -136,12 +155,7 @@ impl InterruptStore for PgStore {
         let mut tx = self.pool.begin().await?;
         // The interrupt row's lock serialises every vote and close of this interrupt across
         // processes; READ COMMITTED re-reads the votes after the lock is granted.
-        let row: Option<(String, String)> = sqlx::query_as(
-            "SELECT run_id, status FROM interrupts WHERE interrupt_id = $1 FOR UPDATE",
-        )
-        .bind(interrupt_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let row = lock_interrupt(&mut tx, interrupt_id).await?;
         let Some((run_id, status)) = row else {
             return Ok(VoteOutcome::NotFound);
         };
@@ -182,18 +196,7 @@ impl InterruptStore for PgStore {
         let plan = plan(&all);
         let closed = plan.close.is_some();
         if let Some(close) = &plan.close {
-            sqlx::query(
-                "UPDATE interrupts SET status = $1, resolution = $2, resolved_by = $3, resolved_at = $4,
-                   resumed_event_id = $5 WHERE interrupt_id = $6 AND status = 'pending'",
-            )
-            .bind(&close.status)
-            .bind(close.resolution.to_string())
-            .bind(&close.resolved_by)
-            .bind(&close.resolved_at)
-            .bind(&close.resumed_event_id)
-            .bind(interrupt_id)
-            .execute(&mut *tx)
-            .await?;
+            mark_closed(&mut tx, interrupt_id, close).await?;
         }
         match self
             .append_in_tx(&mut tx, &run_id, plan.events, Some(plan.update), false)

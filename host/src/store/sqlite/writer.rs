@@ -676,6 +676,37 @@ fn insert_interrupt(db: &rusqlite::Connection, rec: &InterruptRecord) -> rusqlit
     Ok(())
 }
 
+/// `(run_id, status)` of an interrupt.
+fn interrupt_state(
+    db: &rusqlite::Connection,
+    interrupt_id: &str,
+) -> rusqlite::Result<Option<(String, String)>> {
+    db.prepare_cached("SELECT run_id, status FROM interrupts WHERE interrupt_id = ?1")?
+        .query_row(params![interrupt_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+}
+
+/// Move a pending interrupt to `close.status`.
+fn mark_closed(
+    db: &rusqlite::Connection,
+    interrupt_id: &str,
+    close: &InterruptClose,
+) -> rusqlite::Result<()> {
+    db.prepare_cached(
+        "UPDATE interrupts SET status = ?1, resolution = ?2, resolved_by = ?3, resolved_at = ?4,
+           resumed_event_id = ?5 WHERE interrupt_id = ?6 AND status = 'pending'",
+    )?
+    .execute(params![
+        close.status,
+        close.resolution.to_string(),
+        close.resolved_by,
+        close.resolved_at,
+        close.resumed_event_id,
+        interrupt_id,
+    ])?;
+    Ok(())
+}
+
 /// The row change and the append; any outcome but `Closed` is rolled back with the op's
 /// savepoint (see [`Done::keeps_writes`]).
 fn close_interrupt(
@@ -690,28 +721,14 @@ fn close_interrupt(
         outcome,
         now: String::new(),
     };
-    let row: Option<(String, String)> = db
-        .prepare_cached("SELECT run_id, status FROM interrupts WHERE interrupt_id = ?1")?
-        .query_row(params![interrupt_id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
+    let row = interrupt_state(db, interrupt_id)?;
     let Some((run_id, status)) = row else {
         return Ok(Ok(unchanged(CloseOutcome::NotFound)));
     };
     if status != "pending" {
         return Ok(Ok(unchanged(CloseOutcome::NotPending(status))));
     }
-    db.prepare_cached(
-        "UPDATE interrupts SET status = ?1, resolution = ?2, resolved_by = ?3, resolved_at = ?4,
-           resumed_event_id = ?5 WHERE interrupt_id = ?6 AND status = 'pending'",
-    )?
-    .execute(params![
-        close.status,
-        close.resolution.to_string(),
-        close.resolved_by,
-        close.resolved_at,
-        close.resumed_event_id,
-        interrupt_id,
-    ])?;
+    mark_closed(db, interrupt_id, close)?;
     Ok(match append(db, &run_id, events, payloads, update)? {
         Ok(Done::Appended { records, now }) => Ok(Done::InterruptClosed {
             outcome: CloseOutcome::Closed(records),
@@ -752,10 +769,7 @@ fn cast_vote(
             now: String::new(),
         }))
     };
-    let row: Option<(String, String)> = db
-        .prepare_cached("SELECT run_id, status FROM interrupts WHERE interrupt_id = ?1")?
-        .query_row(params![interrupt_id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
+    let row = interrupt_state(db, interrupt_id)?;
     let Some((run_id, status)) = row else {
         return unchanged(VoteOutcome::NotFound);
     };
@@ -803,18 +817,7 @@ fn cast_vote(
     let plan = plan(&all);
     let closed = plan.close.is_some();
     if let Some(close) = &plan.close {
-        db.prepare_cached(
-            "UPDATE interrupts SET status = ?1, resolution = ?2, resolved_by = ?3, resolved_at = ?4,
-               resumed_event_id = ?5 WHERE interrupt_id = ?6 AND status = 'pending'",
-        )?
-        .execute(params![
-            close.status,
-            close.resolution.to_string(),
-            close.resolved_by,
-            close.resolved_at,
-            close.resumed_event_id,
-            interrupt_id,
-        ])?;
+        mark_closed(db, interrupt_id, close)?;
     }
     let payloads = plan.events.iter().map(|e| e.payload.to_string()).collect();
     Ok(
