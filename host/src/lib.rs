@@ -166,6 +166,8 @@ impl Host {
         discovery.add_interrupt_profile(engine::subworkflow::CASCADE_CANCEL_PROFILE);
         // N-of-M approvals (tests/blackbox/interrupt_quorum.rs backs the claim).
         discovery.add_interrupt_profile(interrupts::quorum::PROFILE);
+        // Correlated, idempotent, redacted external events (tests/blackbox/interrupt_external.rs).
+        discovery.add_interrupt_profile(interrupts::external::PROFILE);
         discovery.set_block("interrupt", api::approvers::discovery_block(), false);
         let routers = vec![
             api::webhooks::router(webhooks.clone()),

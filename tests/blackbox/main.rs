@@ -16,6 +16,7 @@ mod idempotency;
 mod interop;
 mod interrupt_auth;
 mod interrupt_cascade;
+mod interrupt_external;
 mod interrupt_quorum;
 mod interrupts;
 mod metrics;

@@ -212,6 +212,10 @@ pub async fn openapi() -> Response {
                 "post": {"summary": "Resolve an interrupt (signed token, no bearer)", "security": [], "parameters": [{"name": "token", "in": "path", "required": true, "schema": {"type": "string"}}],
                          "responses": {"200": {"description": "Resolved"}, "400": err, "403": err, "404": err, "409": err, "410": err, "422": err}}},
             "/v1/x-wopbox/execute": crate::packs::remote::openapi_path(&err),
+            "/v1/x-wopbox/external-events": {"post": {"summary": "Deliver an external event by its correlationId (host extension; idempotent by eventId)",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["correlationId"],
+                    "properties": {"correlationId": {"type": "string"}, "eventId": {"type": "string", "minLength": 1, "maxLength": 200}, "eventPayload": {}}}}}},
+                "responses": {"200": {"description": "Accepted, or a re-delivery (interrupt.duplicate)"}, "400": err, "401": err, "403": err, "404": err, "409": err, "410": err, "422": err}}},
             "/v1/workflows/{workflowId}": {"get": {"summary": "Workflow definition", "parameters": [wf_id], "responses": {"200": {"description": "WorkflowDefinition"}, "404": err}},
                                            "put": {"summary": "Register/replace a workflow definition (host extension)", "parameters": [wf_id], "responses": {"200": {"description": "Registered"}, "400": err}}}
         }

@@ -1,6 +1,8 @@
 //! Interrupt resolution surfaces (interrupt.md §"Resolution endpoints"):
 //! - `POST /v1/runs/{runId}/interrupts/{nodeId}` — bearer-authenticated, run-scoped;
-//! - `GET|POST /v1/interrupts/{token}` — the signed token is the credential (no bearer).
+//! - `GET|POST /v1/interrupts/{token}` — the signed token is the credential (no bearer);
+//! - `POST /v1/x-wopbox/external-events` — an external event delivered by its `correlationId`
+//!   (bearer with `approvals:respond`, the run's tenant).
 //!
 //! Both end in [`Interrupts::resolve`](crate::interrupts::Interrupts::resolve); these handlers
 //! only locate the interrupt and map errors to the canonical envelope.
@@ -14,7 +16,7 @@ use serde_json::{json, Value};
 
 use super::approvers;
 use super::auth::Auth;
-use super::body::OptionalJsonBody;
+use super::body::{JsonBody, OptionalJsonBody};
 use super::error::ApiError;
 use super::runs::load_run;
 use super::AppState;
@@ -33,6 +35,7 @@ pub fn router() -> Router<AppState> {
             "/v1/interrupts/{token}",
             post(resolve_by_token).get(inspect),
         )
+        .route("/v1/x-wopbox/external-events", post(deliver_by_correlation))
 }
 
 /// Map a resolve failure to the envelope. The run-scoped surface reports a cancelled run as
@@ -136,6 +139,34 @@ pub async fn resolve_by_node(
             return Ok(axum::Json(out).into_response());
         }
         approvers::check_bearer(&rec.data, &principal)?;
+    }
+    let out = interrupts
+        .resolve(&rec, &body, &principal.id, Via::Run)
+        .await
+        .map_err(|e| api_error(e, Via::Run))?;
+    Ok(axum::Json(out).into_response())
+}
+
+/// Deliver an external event to the interrupt its `correlationId` names
+/// (`openwop-interrupt-external-event`): body `{correlationId, eventId?, eventPayload}`.
+pub async fn deliver_by_correlation(
+    State(st): State<AppState>,
+    Auth(principal): Auth,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let Some(correlation) = body.get("correlationId").and_then(Value::as_str) else {
+        return Err(ApiError::validation("correlationId (a string) is required")
+            .details(json!({"path": "/correlationId"})));
+    };
+    let interrupts = st.engine.interrupts();
+    let rec = interrupts
+        .by_correlation(correlation)
+        .await
+        .map_err(|e| api_error(e, Via::Run))?;
+    // Another tenant's interrupt is as unknown as a made-up correlation id.
+    match st.engine.store().get_run(&rec.run_id).await? {
+        Some(run) if run.tenant_id == principal.tenant => {}
+        _ => return Err(api_error(ResolveError::NotFound, Via::Run)),
     }
     let out = interrupts
         .resolve(&rec, &body, &principal.id, Via::Run)

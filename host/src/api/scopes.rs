@@ -43,6 +43,8 @@ pub fn required(method: &Method, path: &str) -> &'static [&'static str] {
         ["v1", "x-wopbox", "execute"] if *method == Method::POST => &["packs:execute"],
         // Host-wide operational figures (every tenant's): an operator scope.
         ["metrics"] if read => &["metrics:read"],
+        // Delivering an external event resolves an interrupt, like the run-scoped route.
+        ["v1", "x-wopbox", "external-events"] if *method == Method::POST => &["approvals:respond"],
 
         _ => FULL,
     }
@@ -77,6 +79,11 @@ mod tests {
             (Method::PUT, "/v1/packs/p/-/1.0.0.tgz", &["packs:publish"]),
             (Method::GET, "/v1/runs/r/artifacts/a", &["artifacts:read"]),
             (Method::POST, "/v1/interrupts/tok", &[]),
+            (
+                Method::POST,
+                "/v1/x-wopbox/external-events",
+                &["approvals:respond"],
+            ),
         ];
         for (m, p, want) in cases {
             assert_eq!(required(&m, p), want, "{m} {p}");

@@ -18,6 +18,7 @@
 //! (`${runId}:${nodeId}:${attempt}`) finds the stored interrupt, so nothing is requested twice.
 
 pub mod config;
+pub mod external;
 pub mod quorum;
 pub mod resume;
 pub mod token;
@@ -204,6 +205,11 @@ impl Interrupts {
         }
         let now = Utc::now();
         let interrupt_id = format!("int_{}", uuid::Uuid::new_v4().simple());
+        let mut data = req.data.clone();
+        if req.kind == Kind::ExternalEvent {
+            // Stored with the row, so it is the same in every view and after any restart.
+            data["correlationId"] = json!(external::correlation_id(&interrupt_id));
+        }
         let mut ttl = self.token_ttl_ms;
         if let Some(t) = req.timeout_ms {
             // A token never outlives the interrupt it resolves.
@@ -221,7 +227,7 @@ impl Interrupts {
             key: key.to_string(),
             kind: req.kind.as_str().to_string(),
             status: "pending".into(),
-            data: req.data.clone(),
+            data: data.clone(),
             timeout_ms: req.timeout_ms.map(|t| t as i64),
             token_kid: self.keys.signing_kid().to_string(),
             token_hash: String::new(),
@@ -241,7 +247,7 @@ impl Interrupts {
 
         let mut requested_payload = json!({
             "runId": run_id, "nodeId": node_id, "interruptId": interrupt_id,
-            "kind": rec.kind, "key": key, "data": req.data, "requestedAt": rec.requested_at,
+            "kind": rec.kind, "key": key, "data": data, "requestedAt": rec.requested_at,
         });
         if let Some(t) = req.timeout_ms {
             requested_payload["timeoutMs"] = json!(t);
@@ -253,7 +259,7 @@ impl Interrupts {
         }
         .node(node_id)
         .caused_by(Some(cause))];
-        let d = &req.data;
+        let d = &data;
         match req.kind {
             Kind::Approval => events.push(
                 NewEvent::new(
@@ -356,6 +362,21 @@ impl Interrupts {
                     "approval.received",
                     json!({"nodeId": rec.node_id, "interruptId": rec.interrupt_id, "action": "timeout",
                            "decidedBy": "system:timeout", "decidedAt": at}),
+                )
+                .node(&rec.node_id)
+                .caused_by(Some(&rec.requested_event_id)),
+            );
+        }
+        if rec.kind == "external-event" {
+            // No event arrived in time: the log says so (RFC 0093's `outcome` / `reason` on
+            // `interrupt.resolved`) before the node fails with `interrupt_timeout`.
+            events.push(
+                NewEvent::new(
+                    "interrupt.resolved",
+                    json!({"runId": rec.run_id, "nodeId": rec.node_id, "interruptId": rec.interrupt_id,
+                           "kind": rec.kind, "outcome": "timeout", "reason": "timeout",
+                           "resumeValue": null, "resolvedAt": at, "resolvedBy": "system:timeout",
+                           "correlationId": rec.data.get("correlationId")}),
                 )
                 .node(&rec.node_id)
                 .caused_by(Some(&rec.requested_event_id)),
@@ -548,14 +569,26 @@ impl Interrupts {
         actor: &str,
         via: Via,
     ) -> Result<Value, ResolveError> {
-        self.check_open(rec).await?;
+        let event_id = external::delivery_id(rec, body)?;
+        // The same external event delivered again: answered, nothing changes.
+        if let Some(again) = self.redelivery(rec, event_id.as_deref()).await? {
+            return Ok(again);
+        }
+        if let Err(e) = self.check_open(rec).await {
+            // `rec` may predate a concurrent delivery of this same event that has since closed
+            // the interrupt (and maybe finished the run).
+            if let Some(again) = self.redelivery_now(rec, event_id.as_deref()).await? {
+                return Ok(again);
+            }
+            return Err(e);
+        }
         let kind = Kind::parse(&rec.kind)
             .ok_or_else(|| StoreError::Backend(format!("unknown interrupt kind {}", rec.kind)))?;
         let at = ts(Utc::now());
         let resume = resume::resume_value(body);
         let Resolution {
-            output,
-            resume_value,
+            mut output,
+            mut resume_value,
             kind_event,
             ..
         } = resume::validate(
@@ -567,6 +600,11 @@ impl Interrupts {
             actor,
             &at,
         )?;
+        if let Some(id) = &event_id {
+            // Recorded with the resolution: the key a re-delivery is recognised by.
+            output["eventId"] = json!(id);
+            resume_value["eventId"] = json!(id);
+        }
         let resolved = NewEvent::new(
             "interrupt.resolved",
             json!({"runId": rec.run_id, "nodeId": rec.node_id, "interruptId": rec.interrupt_id,
@@ -616,7 +654,13 @@ impl Interrupts {
                     .map(Self::cancelled_error)
                     .unwrap_or(ResolveError::Cancelled));
             }
-            CloseOutcome::NotPending(_) => return Err(ResolveError::AlreadyResolved),
+            CloseOutcome::NotPending(_) => {
+                // Lost the race, maybe to a concurrent delivery of this same event.
+                if let Some(again) = self.redelivery_now(rec, event_id.as_deref()).await? {
+                    return Ok(again);
+                }
+                return Err(ResolveError::AlreadyResolved);
+            }
             CloseOutcome::RunTerminal => return Err(ResolveError::Cancelled),
             CloseOutcome::NotFound => return Err(ResolveError::NotFound),
         }
@@ -638,11 +682,15 @@ impl Interrupts {
                 .record_or_log(actor, "interrupt.resolve", &rec.run_id, details)
                 .await;
         }
-        Ok(json!({
+        let mut answer = json!({
             "runId": rec.run_id, "nodeId": rec.node_id, "interruptId": rec.interrupt_id,
             "status": "running",
             "interrupt": {"kind": rec.kind, "nodeId": rec.node_id, "interruptId": rec.interrupt_id, "outcome": outcome},
-        }))
+        });
+        if kind == Kind::ExternalEvent {
+            external::describe_delivery(&mut answer["interrupt"], rec, event_id.as_deref(), false);
+        }
+        Ok(answer)
     }
 }
 

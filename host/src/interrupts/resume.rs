@@ -263,13 +263,19 @@ fn external_event(data: &Value, resume: &Value, at: &str) -> Result<Resolution, 
     if !fields.is_empty() {
         return Err(ResumeError::CorrelationMismatch { fields });
     }
-    let output = json!({
-        "eventType": data.get("eventType").cloned().unwrap_or(Value::Null),
-        "eventPayload": payload,
-        "receivedAt": at,
-    });
+    // Matched against the event as delivered; recorded only redacted (the profile's "with
+    // redaction applied"): the event log, the node output and the interrupt row all get this.
+    let (payload, redacted) =
+        super::external::redact(&payload, &super::external::redact_names(data));
+    let mut resume_value = json!({"eventPayload": payload, "redacted": redacted});
+    if let Some(c) = data.get("correlationId") {
+        resume_value["correlationId"] = c.clone();
+    }
+    let mut output = resume_value.clone();
+    output["eventType"] = data.get("eventType").cloned().unwrap_or(Value::Null);
+    output["receivedAt"] = json!(at);
     Ok(Resolution {
-        resume_value: json!({"eventPayload": payload}),
+        resume_value,
         output,
         kind_event: None,
         rejected: false,

@@ -252,7 +252,7 @@ impl NodeExecutor for ClarificationGate {
 }
 
 /// `core.interrupt` with `config.kind: "external-event"` and
-/// `config.data: {eventType, correlation}` (+ `timeoutMs`).
+/// `config.data: {eventType, correlation}` (+ `timeoutMs`, `redact: [key names]`).
 pub struct ExternalEvent;
 
 impl ExternalEvent {
@@ -273,6 +273,7 @@ impl ExternalEvent {
             None | Some(Value::Object(_)) => {}
             Some(_) => return Err("config.data.correlation must be an object".into()),
         }
+        crate::interrupts::external::check_redact_config(config)?;
         timeout_ms(config).map(|_| ())
     }
 }
@@ -282,9 +283,14 @@ impl NodeExecutor for ExternalEvent {
     async fn execute(&self, inv: NodeInvocation) -> NodeResult {
         interrupt(Self::check(&inv.config).and_then(|_| {
             let d = &inv.config["data"];
+            // `correlationId` is added when the interrupt is raised (it derives from its id).
+            let mut data = json!({"eventType": d["eventType"], "correlation": d.get("correlation").cloned().unwrap_or(json!({}))});
+            if let Some(r) = inv.config.get("redact") {
+                data["redact"] = r.clone();
+            }
             Ok(InterruptRequest {
                 kind: Kind::ExternalEvent,
-                data: json!({"eventType": d["eventType"], "correlation": d.get("correlation").cloned().unwrap_or(json!({}))}),
+                data,
                 timeout_ms: timeout_ms(&inv.config)?,
             })
         }))
