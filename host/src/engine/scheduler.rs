@@ -118,6 +118,42 @@ fn log_terminal(run_id: &str, status: &str, error: Option<&Value>, duration_ms: 
     }
 }
 
+/// The `openwop.node.completed` log record (observability.md §"Structured-log metric
+/// records"): `debug` when the node completed, `warn` with the error's code and message when
+/// it failed (`error` is `Some`).
+fn log_node_end(
+    run_id: &str,
+    node: &dag::Node,
+    error: Option<&Value>,
+    duration_ms: u64,
+    attempt: u32,
+) {
+    match error {
+        None => tracing::debug!(
+            metricKind = "openwop.node.completed",
+            runId = %run_id,
+            nodeId = %node.id,
+            nodeType = %node.type_id,
+            status = "completed",
+            durationMs = duration_ms,
+            attempt,
+            "node completed"
+        ),
+        Some(error) => tracing::warn!(
+            metricKind = "openwop.node.completed",
+            runId = %run_id,
+            nodeId = %node.id,
+            nodeType = %node.type_id,
+            status = "failed",
+            errorCode = error["code"].as_str(),
+            error = error["message"].as_str(),
+            durationMs = duration_ms,
+            attempt,
+            "node failed"
+        ),
+    }
+}
+
 impl RunCtx {
     async fn append(
         &self,
@@ -888,16 +924,7 @@ async fn run_node(
                     commit_variable_writes(&ctx, &node.id, &started_id, result.variables, events)
                         .await?
                 };
-                tracing::debug!(
-                    metricKind = "openwop.node.completed",
-                    runId = %ctx.run.run_id,
-                    nodeId = %node.id,
-                    nodeType = %node.type_id,
-                    status = "completed",
-                    durationMs = duration_ms,
-                    attempt,
-                    "node completed"
-                );
+                log_node_end(&ctx.run.run_id, node, None, duration_ms, attempt);
                 return Ok(NodeEnd::Done {
                     output,
                     event_id: recs.last().unwrap().event_id.clone(),
@@ -954,17 +981,12 @@ async fn run_node(
                     .caused_by(Some(&started_id)),
                 );
                 let recs = ctx.append(events, None).await?;
-                tracing::warn!(
-                    metricKind = "openwop.node.completed",
-                    runId = %ctx.run.run_id,
-                    nodeId = %node.id,
-                    nodeType = %node.type_id,
-                    status = "failed",
-                    errorCode = error["code"].as_str(),
-                    error = error["message"].as_str(),
-                    durationMs = started_at.elapsed().as_millis() as u64,
+                log_node_end(
+                    &ctx.run.run_id,
+                    node,
+                    Some(&error),
+                    started_at.elapsed().as_millis() as u64,
                     attempt,
-                    "node failed"
                 );
                 return Ok(NodeEnd::Failed {
                     error,
