@@ -298,6 +298,25 @@ impl Host {
         .await
     }
 
+    /// Answer the approval `run` waits on at node `node` with the `accept` action.
+    pub async fn accept(&self, run: &str, node: &str) -> (StatusCode, Value) {
+        self.post(
+            &format!("/v1/runs/{run}/interrupts/{node}"),
+            json!({"resumeValue": {"action": "accept"}}),
+        )
+        .await
+    }
+
+    /// Overwrite run variables through the sample test seam (`--enable-test-seams`): POST
+    /// `{"variables": variables}`.
+    pub async fn seam_set_variables(&self, run: &str, variables: Value) -> (StatusCode, Value) {
+        self.post(
+            &format!("/v1/host/sample/test/runs/{run}/variables"),
+            json!({ "variables": variables }),
+        )
+        .await
+    }
+
     pub async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
         read(
             self.req(Method::PUT, path)

@@ -31,14 +31,8 @@ async fn first_child(h: &Host, parent: &str) -> String {
     }
 }
 
-/// Accept the approval at `child-gate` (both fixtures' children park there).
-async fn accept_gate(h: &Host, run: &str) -> (StatusCode, serde_json::Value) {
-    h.post(
-        &format!("/v1/runs/{run}/interrupts/child-gate"),
-        json!({"resumeValue": {"action": "accept"}}),
-    )
-    .await
-}
+/// The node both fixtures' children park on.
+const CHILD_GATE: &str = "child-gate";
 
 /// The whole cascade scenario against `h` (SQLite or Postgres).
 pub async fn parent_cancel_invalidates_the_childs_interrupt(h: &Host) {
@@ -89,7 +83,7 @@ pub async fn parent_cancel_invalidates_the_childs_interrupt(h: &Host) {
     assert_eq!(psnap["childRuns"][0]["status"], "cancelled", "{psnap}");
 
     // The child's interrupt is gone on the run-scoped route ...
-    let (status, body) = accept_gate(h, &child).await;
+    let (status, body) = h.accept(&child, CHILD_GATE).await;
     assert_eq!(status, StatusCode::GONE, "{body}");
     assert_envelope(&body, "interrupt_gone");
     // ... and its signed token is invalidated (RFC 0093: 409).
@@ -126,13 +120,10 @@ pub async fn a_waiting_child_keeps_its_dispatch_time_inputs(h: &Host) {
     let child = first_child(h, &parent).await;
     h.wait_status(&child, &["waiting-approval"], T).await;
     let (status, body) = h
-        .post(
-            &format!("/v1/host/sample/test/runs/{parent}/variables"),
-            json!({"variables": {"currentPrdId": "mutated-id"}}),
-        )
+        .seam_set_variables(&parent, json!({"currentPrdId": "mutated-id"}))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, body) = accept_gate(h, &child).await;
+    let (status, body) = h.accept(&child, CHILD_GATE).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let c = h.wait_terminal(&child, T).await;
     assert_eq!(c["status"], "completed", "{c}");
@@ -177,7 +168,7 @@ async fn a_directly_cancelled_run_keeps_the_interrupt_cancelled_answer() {
     h.wait_terminal(&run, T).await;
     let last = h.events(&run).await.pop().unwrap();
     assert!(last["payload"].get("parentRunId").is_none(), "{last}");
-    let (status, body) = accept_gate(&h, &run).await;
+    let (status, body) = h.accept(&run, CHILD_GATE).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_envelope(&body, "interrupt_cancelled");
 }

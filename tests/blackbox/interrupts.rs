@@ -82,12 +82,7 @@ async fn approval_gate_parks_validates_and_resumes_with_ordered_causal_events() 
     let (s, _) = anon_post(&h, &path, json!({"resumeValue": {"action": "accept"}})).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     // Unknown node / run.
-    let (s, b) = h
-        .post(
-            &format!("/v1/runs/{run}/interrupts/nope"),
-            json!({"resumeValue": {"action": "accept"}}),
-        )
-        .await;
+    let (s, b) = h.accept(&run, "nope").await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_envelope(&b, "interrupt_not_found");
     let (s, _) = h
@@ -556,12 +551,7 @@ async fn expired_tokens_and_interrupt_timeouts_answer_410() {
     )
     .await;
     assert_eq!(s, StatusCode::GONE, "{b}");
-    let (s, b) = h
-        .post(
-            &format!("/v1/runs/{run}/interrupts/gate"),
-            json!({"resumeValue": {"action": "accept"}}),
-        )
-        .await;
+    let (s, b) = h.accept(&run, "gate").await;
     assert_eq!(s, StatusCode::GONE, "{b}");
     assert_envelope(&b, "interrupt_expired");
     let events = h.events(&run).await;
@@ -623,12 +613,7 @@ async fn parked_runs_survive_kill9_and_clean_restart() {
     })
     .await;
     h.wait_status(&approval, &["waiting-approval"], T).await;
-    let (s, b) = h
-        .post(
-            &format!("/v1/runs/{approval}/interrupts/gate"),
-            json!({"resumeValue": {"action": "accept"}}),
-        )
-        .await;
+    let (s, b) = h.accept(&approval, "gate").await;
     assert_eq!(s, StatusCode::OK, "{b}");
     let (s, b) = anon_post(&h, &format!("/v1/interrupts/{token}"), MATCHING()).await;
     assert_eq!(s, StatusCode::OK, "{b}");

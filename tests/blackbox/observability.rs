@@ -310,12 +310,7 @@ async fn otel_seam_shows_openwop_spans_and_a_restart_continues_the_trace() {
     .await;
     h.wait_status(&run, &["waiting-approval"], Duration::from_secs(10))
         .await;
-    let (s, b) = h
-        .post(
-            &format!("/v1/runs/{run}/interrupts/gate"),
-            json!({"resumeValue": {"action": "accept"}}),
-        )
-        .await;
+    let (s, b) = h.accept(&run, "gate").await;
     assert!(s.is_success(), "{s} {b}");
     h.wait_terminal(&run, Duration::from_secs(10)).await;
     let deadline = Instant::now() + Duration::from_secs(5);

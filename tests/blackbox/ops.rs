@@ -193,12 +193,7 @@ async fn runs_parked_on_interrupt_gates_hold_no_execution_slot() {
     }
     // A resolved gate takes a slot again and finishes.
     let (approval, _) = &parked[0];
-    let (s, b) = host
-        .post(
-            &format!("/v1/runs/{approval}/interrupts/gate"),
-            json!({"resumeValue": {"action": "accept"}}),
-        )
-        .await;
+    let (s, b) = host.accept(&approval, "gate").await;
     assert!(s.is_success(), "{b}");
     let snap = host.wait_terminal(approval, Duration::from_secs(30)).await;
     assert_eq!(snap["status"], "completed", "{snap}");

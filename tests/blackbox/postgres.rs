@@ -409,10 +409,6 @@ const APPROVAL: &str = "conformance-approval";
 const EXTERNAL: &str = "conformance-interrupt-external-event";
 const PARK: Duration = Duration::from_secs(10);
 
-fn accept() -> Value {
-    json!({"resumeValue": {"action": "accept"}})
-}
-
 fn matching_event() -> Value {
     json!({"resumeValue": {"orderId": "fixture-order-1", "status": "completed", "externalReference": "x"}})
 }
@@ -442,15 +438,11 @@ async fn an_interrupt_parked_on_one_process_is_resolved_through_another() {
     a.wait_status(&approval, &["waiting-approval"], PARK).await;
     let snap = b.wait_status(&approval, &["waiting-approval"], PARK).await;
     assert_eq!(snap["interrupt"]["nodeId"], "gate", "B sees the interrupt");
-    let (s, body) = b
-        .post(&format!("/v1/runs/{approval}/interrupts/gate"), accept())
-        .await;
+    let (s, body) = b.accept(&approval, "gate").await;
     assert_eq!(s, StatusCode::OK, "{body}");
     assert_eq!(body["interrupt"]["outcome"], "accepted");
     // A second resolution, now on A, loses: the row is no longer pending.
-    let (s, body) = a
-        .post(&format!("/v1/runs/{approval}/interrupts/gate"), accept())
-        .await;
+    let (s, body) = a.accept(&approval, "gate").await;
     assert_eq!(s, StatusCode::CONFLICT, "{body}");
     assert_envelope(&body, "interrupt_already_resolved");
 
@@ -496,9 +488,7 @@ async fn a_run_parked_on_a_killed_process_resumes_and_finishes_on_another() {
 
     // Resolved on B while A's lease has not yet lapsed: the resolution commits (it is guarded
     // by the interrupt row, not the lease) and the run continues once B claims it.
-    let (s, body) = b
-        .post(&format!("/v1/runs/{early}/interrupts/gate"), accept())
-        .await;
+    let (s, body) = b.accept(&early, "gate").await;
     assert_eq!(s, StatusCode::OK, "{body}");
 
     // Taken over while still parked: B re-parks it on the same interrupt (no new request)...
@@ -512,9 +502,7 @@ async fn a_run_parked_on_a_killed_process_resumes_and_finishes_on_another() {
         "A's events kept verbatim"
     );
     // ...and a resolution on B finishes it there.
-    let (s, body) = b
-        .post(&format!("/v1/runs/{late}/interrupts/gate"), accept())
-        .await;
+    let (s, body) = b.accept(&late, "gate").await;
     assert_eq!(s, StatusCode::OK, "{body}");
     // The token A minted still resolves on B after the takeover.
     wait_for_event(&b, &external, "run.resumed").await;

@@ -172,12 +172,7 @@ async fn finished_runs_and_keys_expire_unfinished_runs_stay(
         "log intact"
     );
     assert!(Host::event_types(&events).contains(&"interrupt.requested".to_string()));
-    let (s, body) = b
-        .post(
-            &format!("/v1/runs/{parked}/interrupts/gate"),
-            json!({"resumeValue": {"action": "accept"}}),
-        )
-        .await;
+    let (s, body) = b.accept(&parked, "gate").await;
     assert_eq!(s, StatusCode::OK, "{body}");
     assert_eq!(a.wait_terminal(&parked, T).await["status"], "completed");
 

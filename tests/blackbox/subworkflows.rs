@@ -636,10 +636,7 @@ async fn a_started_child_keeps_its_dispatch_time_inputs() {
     let parent = h.create_run("seeds-slow-child", json!({})).await;
     let child = wait_child(&h, &parent, "subwf-call").await;
     let (status, body) = h
-        .post(
-            &format!("/v1/host/sample/test/runs/{parent}/variables"),
-            json!({"variables": {"currentPrdId": "mutated-id"}}),
-        )
+        .seam_set_variables(&parent, json!({"currentPrdId": "mutated-id"}))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["variables"]["currentPrdId"], "mutated-id");
@@ -652,20 +649,10 @@ async fn a_started_child_keeps_its_dispatch_time_inputs() {
     assert_eq!(c["status"], "completed");
     assert_eq!(c["variables"]["receivedPrdId"], "seeded-id", "{c}");
     // The seam refuses malformed bodies and finished runs.
-    let (status, body) = h
-        .post(
-            &format!("/v1/host/sample/test/runs/{parent}/variables"),
-            json!({"variables": 1}),
-        )
-        .await;
+    let (status, body) = h.seam_set_variables(&parent, json!(1)).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_envelope(&body, "validation_error");
-    let (status, body) = h
-        .post(
-            &format!("/v1/host/sample/test/runs/{parent}/variables"),
-            json!({"variables": {"x": 1}}),
-        )
-        .await;
+    let (status, body) = h.seam_set_variables(&parent, json!({"x": 1})).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_envelope(&body, "run_terminal");
 }
