@@ -90,13 +90,7 @@ async fn auth_failures(h: &Host, n: usize) {
 #[tokio::test]
 async fn discovery_advertises_the_profile_with_its_key() {
     let h = Host::start_with(audit_host(7)).await;
-    let (_, doc) = read(
-        h.anon(Method::GET, "/.well-known/openwop")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let doc = h.discovery().await;
     assert!(doc["auth"]["profiles"]
         .as_array()
         .unwrap()
@@ -198,13 +192,7 @@ async fn security_actions_are_chained_and_checkpoints_are_signed() {
     );
 
     // Verify every signature independently with the advertised key.
-    let (_, doc) = read(
-        h.anon(Method::GET, "/.well-known/openwop")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let doc = h.discovery().await;
     let der = base64::engine::general_purpose::STANDARD
         .decode(
             doc["auth"]["auditLogIntegrity"]["checkpointPublicKey"]

@@ -143,14 +143,7 @@ async fn no_fixtures_flag_means_no_fixtures_advertised() {
         ..Default::default()
     })
     .await;
-    let (status, doc) = crate::harness::read(
-        h.anon(Method::GET, "/.well-known/openwop")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
+    let doc = h.discovery().await;
     assert_eq!(doc["fixtures"], serde_json::json!([]));
     let (status, body) = h
         .post(

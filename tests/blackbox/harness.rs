@@ -298,6 +298,19 @@ impl Host {
         .await
     }
 
+    /// The discovery document, fetched without a bearer (it is public); asserts 200.
+    pub async fn discovery(&self) -> Value {
+        let (status, doc) = read(
+            self.anon(Method::GET, "/.well-known/openwop")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{doc}");
+        doc
+    }
+
     /// Answer the approval `run` waits on at node `node` with the `accept` action.
     pub async fn accept(&self, run: &str, node: &str) -> (StatusCode, Value) {
         self.post(

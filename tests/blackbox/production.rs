@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::harness::*;
 
@@ -26,18 +26,6 @@ fn options(database: Option<String>) -> Options {
         ],
         ..Options::default()
     }
-}
-
-async fn discovery(h: &Host) -> Value {
-    let (status, doc) = read(
-        h.anon(Method::GET, "/.well-known/openwop")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{doc}");
-    doc
 }
 
 async fn post_noop(h: &Host, key: &str) -> reqwest::Response {
@@ -65,7 +53,7 @@ async fn backpressure_and_retries(database: Option<String>) {
 
     // The block: the profile is not claimed; backpressure and retention are advertised with
     // the values in force (the suite saturates `inflightCap` and compares `retryAfterSeconds`).
-    let doc = discovery(&h).await;
+    let doc = h.discovery().await;
     let prod = &doc["capabilities"]["production"];
     assert_eq!(prod["supported"], false, "{prod}");
     assert_eq!(

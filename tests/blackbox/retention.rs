@@ -108,13 +108,7 @@ async fn finished_runs_and_keys_expire_unfinished_runs_stay(
     b: &Host,
     database: Option<&str>,
 ) {
-    let (_, doc) = read(
-        b.anon(Method::GET, "/.well-known/openwop")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let doc = b.discovery().await;
     // A development window (below the 7-day floor) is not advertised as a retention window.
     let retention = &doc["capabilities"]["production"]["retention"];
     assert_eq!(retention["supported"], false, "{doc}");

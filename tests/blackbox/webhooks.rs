@@ -203,14 +203,7 @@ fn verify(hit: &Hit, secret: &str) -> bool {
 #[tokio::test]
 async fn discovery_advertises_webhooks() {
     let h = Host::start().await;
-    let (status, doc) = read(
-        h.anon(Method::GET, "/.well-known/openwop")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
+    let doc = h.discovery().await;
     assert_eq!(doc["webhooks"]["supported"], true);
     assert_eq!(doc["webhooks"]["signatureAlgorithms"], json!(["v1"]));
 }
