@@ -341,14 +341,8 @@ async fn two_processes_send_each_webhook_attempt_once() {
     let Some(db) = pg_database().await else {
         return;
     };
-    let hooks = |dir| {
-        on_with(
-            &db,
-            dir,
-            &["--webhook-allow-loopback", "--webhook-retry-base-ms", "50"],
-        )
-    };
-    let (mut a, b, _tmp) = two_processes(hooks).await;
+    let flags = ["--webhook-allow-loopback", "--webhook-retry-base-ms", "50"];
+    let (mut a, b, _tmp) = two_processes(|dir| on_with(&db, dir, &flags)).await;
     // The first 10 attempts fail, every later one succeeds.
     let rx = Receiver::start(&[500; 10], 204, Duration::ZERO).await;
     // Registered on B; the runs are executed (and fanned out) by A, and both processes drain
@@ -530,19 +524,13 @@ async fn the_audit_chain_stays_valid_when_two_processes_append_at_once() {
     };
     // Checkpoints by count and every second: both processes also mint checkpoints while the
     // chain grows, at heads that differ between them.
-    let audited = |dir| {
-        on_with(
-            &db,
-            dir,
-            &[
-                "--audit-checkpoint-entries",
-                "7",
-                "--audit-checkpoint-seconds",
-                "1",
-            ],
-        )
-    };
-    let (mut a, b, _tmp) = two_processes(audited).await;
+    let flags = [
+        "--audit-checkpoint-entries",
+        "7",
+        "--audit-checkpoint-seconds",
+        "1",
+    ];
+    let (mut a, b, _tmp) = two_processes(|dir| on_with(&db, dir, &flags)).await;
     let (_, v) = b.get("/v1/audit/verify").await;
     let head_before = v["toSeq"].as_i64().unwrap_or(0);
 
