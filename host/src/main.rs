@@ -76,6 +76,10 @@ enum PackCommand {
     /// server's limits and grants; prints output, logs, fuel, memory and
     /// duration. Exits 1 when the node fails, 2 when the pack cannot run.
     Test(wopbox::authoring::local_test::PackTestArgs),
+    /// Create a pack project in DIR from a template (Rust with wopbox-pdk,
+    /// Python with componentize-py, JS with componentize-js) that builds as
+    /// generated: `./build.sh`, then `wopbox pack test DIR`.
+    New(wopbox::authoring::new_pack::PackNewArgs),
 }
 
 #[derive(Subcommand)]
@@ -274,6 +278,33 @@ async fn pack_test(args: &wopbox::authoring::local_test::PackTestArgs) -> ExitCo
     }
 }
 
+/// `wopbox pack new`: what was created and what to run next; a usage
+/// mistake is `validation_error`, exit 2, and nothing is written.
+fn pack_new(args: &wopbox::authoring::new_pack::PackNewArgs) -> ExitCode {
+    use wopbox::authoring::new_pack::{create, PackNewError};
+    match create(args) {
+        Ok(c) => {
+            let dir = c.dir.display();
+            println!("created {} ({:?}) in {dir}", c.pack, args.lang);
+            println!("  node   {}", c.node);
+            println!("  entry  {} (built by ./build.sh)", c.entry);
+            println!("  files  {}", c.files.join(" "));
+            println!(
+                "next:  (cd {dir} && ./build.sh) && wopbox pack test {dir} --input '{{\"name\":\"Ada\"}}'"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e @ PackNewError::Usage(_)) => {
+            eprintln!("error: validation_error: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
@@ -301,6 +332,7 @@ async fn main() -> anyhow::Result<ExitCode> {
                 .await,
         )),
         Command::Pack(PackCommand::Test(args)) => Ok(pack_test(&args).await),
+        Command::Pack(PackCommand::New(args)) => Ok(pack_new(&args)),
         Command::Workflow(WorkflowCommand::Put { file, remote }) => Ok(report(
             Client::new(&remote.url, remote.api_key)
                 .put_workflow(&file)

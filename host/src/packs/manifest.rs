@@ -103,7 +103,7 @@ fn get_str<'a>(obj: &'a Map<String, Value>, key: &str, path: &str) -> Result<&'a
 
 /// `^(core|vendor|community|private)\.[a-z][a-z0-9_-]*(\.[a-z][a-zA-Z0-9_-]*)+$`
 /// from the manifest schema, written out so no regex engine is needed.
-fn name_matches_schema(name: &str) -> bool {
+pub(crate) fn name_matches_schema(name: &str) -> bool {
     if name.len() > 256 {
         return false;
     }
