@@ -22,25 +22,22 @@ pub fn example(name: &str) -> String {
 
 /// `wopbox pack push` of an example; returns what the server answered.
 async fn push(h: &Host, name: &str) -> Value {
-    let out = wopbox(&[
-        "pack",
-        "push",
-        &example(name),
-        "--url",
-        &h.base,
-        "--api-key",
-        KEY,
-    ]);
+    push_dir(h, &example(name))
+}
+
+/// `wopbox pack push DIR` to `h`; returns what the server answered.
+pub fn push_dir(h: &Host, dir: &str) -> Value {
+    let out = wopbox(&["pack", "push", dir, "--url", &h.base, "--api-key", KEY]);
     assert!(
         out.status.success(),
-        "pack push {name} failed: {}",
+        "pack push {dir} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("pack push prints JSON")
 }
 
 /// One run of a one-node workflow: (status, the node's terminal event payload).
-async fn run_node(
+pub async fn run_node(
     h: &Host,
     wf: &str,
     type_id: &str,

@@ -31,6 +31,7 @@ mod runs;
 mod sandbox_seam;
 mod scopes;
 mod subworkflows;
+mod templates;
 mod tenancy;
 mod webhooks;
 mod workflows;
