@@ -342,8 +342,10 @@ impl Target {
         }
     }
 
-    async fn wait_sse(&self, run: &str) -> Result<String> {
-        let url = format!("{}/v1/runs/{run}/events", self.base);
+    /// Open a run's SSE event stream (`query` is appended to the path, e.g.
+    /// `?streamMode=debug`); a non-2xx answer is an error.
+    async fn open_events(&self, run: &str, query: &str) -> Result<reqwest::Response> {
+        let url = format!("{}/v1/runs/{run}/events{query}", self.base);
         let resp = self
             .http
             .get(url)
@@ -362,6 +364,11 @@ impl Target {
                 body: String::new(),
             });
         }
+        Ok(resp)
+    }
+
+    async fn wait_sse(&self, run: &str) -> Result<String> {
+        let resp = self.open_events(run, "").await?;
         let mut sse = SseScan::default();
         let mut body = resp.bytes_stream();
         while let Some(chunk) = body.next().await {

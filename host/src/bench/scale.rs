@@ -239,25 +239,7 @@ async fn probe_once(t: &Target, p: &mut Probe, counted: bool) -> Result<(), Benc
     let began = Instant::now();
     let run = t.create_run(WF_TICK, &json!({})).await?;
     let post_us = began.elapsed().as_micros() as u64;
-    let url = format!("{}/v1/runs/{run}/events?streamMode=debug", t.base);
-    let resp = t
-        .http
-        .get(url)
-        .bearer_auth(&t.key)
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .map_err(|source| BenchError::Http {
-            what: "SSE".into(),
-            source,
-        })?;
-    if !resp.status().is_success() {
-        return Err(BenchError::Status {
-            what: "SSE".into(),
-            status: resp.status().as_u16(),
-            body: String::new(),
-        });
-    }
+    let resp = t.open_events(&run, "?streamMode=debug").await?;
     // The host subscribes to live events before it answers, so everything stamped from here
     // on is delivered live, not replayed from the log.
     let open_us = now_us();
@@ -395,17 +377,7 @@ async fn cold_replay(t: &Target, run: &str) -> anyhow::Result<(f64, usize, bool)
     if !is_terminal_status(snap["status"].as_str().unwrap_or_default()) {
         anyhow::bail!("replay run {run} is {} after the restart", snap["status"]);
     }
-    let url = format!("{}/v1/runs/{run}/events?streamMode=debug", t.base);
-    let resp = t
-        .http
-        .get(url)
-        .bearer_auth(&t.key)
-        .header("accept", "text/event-stream")
-        .send()
-        .await?;
-    if !resp.status().is_success() {
-        anyhow::bail!("replay stream answered {}", resp.status());
-    }
+    let resp = t.open_events(run, "?streamMode=debug").await?;
     let mut sse = SseScan::default();
     let mut body = resp.bytes_stream();
     while let Some(chunk) = body.next().await {
