@@ -28,8 +28,9 @@ async fn kill9_restart_keeps_everything_and_resumes_in_flight_runs() {
     let slow = h
         .create_run("conformance-delay", json!({"delayMs": 1500}))
         .await;
-    h.wait_status(&slow, &["running"], Duration::from_secs(2))
-        .await;
+    // Its delay node has started (committed) when the host dies: it is re-dispatched as
+    // attempt 2 after the restart.
+    h.wait_for_event(&slow, "node.started").await;
     let mut seen = std::collections::HashMap::new();
     for id in [&done, &slow] {
         seen.insert(id.clone(), h.events(id).await);

@@ -384,6 +384,22 @@ impl Host {
         }
     }
 
+    /// Poll until the run's log holds an event of `event_type` (10 s at most).
+    pub async fn wait_for_event(&self, run_id: &str, event_type: &str) {
+        for _ in 0..400 {
+            if self
+                .events(run_id)
+                .await
+                .iter()
+                .any(|e| e["type"] == event_type)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("run {run_id} never logged {event_type}");
+    }
+
     /// All committed events of a run via the poll endpoint.
     pub async fn events(&self, run_id: &str) -> Vec<Value> {
         let mut out = Vec::new();

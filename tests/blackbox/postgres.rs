@@ -123,7 +123,7 @@ async fn postgres_kill9_restart_resumes_in_flight_runs() {
     let slow = h
         .create_run("conformance-delay", json!({"delayMs": 1500}))
         .await;
-    wait_for_event(&h, &slow, "node.started").await;
+    h.wait_for_event(&slow, "node.started").await;
     h.kill9();
 
     let h = Host::start_with(on(&db, Some(dir))).await;
@@ -138,21 +138,6 @@ async fn postgres_kill9_restart_resumes_in_flight_runs() {
     assert_event_log(&slow, &events);
     assert_no_duplicates(&events);
     assert!(Host::event_types(&events).contains(&"run.resumed".to_string()));
-}
-
-/// Poll until the run's log holds an event of `event_type`.
-async fn wait_for_event(h: &Host, run_id: &str, event_type: &str) {
-    for _ in 0..400 {
-        if h.events(run_id)
-            .await
-            .iter()
-            .any(|e| e["type"] == event_type)
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("run {run_id} never logged {event_type}");
 }
 
 #[tokio::test]
@@ -171,7 +156,7 @@ async fn a_killed_process_runs_are_finished_by_another_without_duplicates() {
         );
     }
     for id in &ids {
-        wait_for_event(&a, id, "node.started").await;
+        a.wait_for_event(id, "node.started").await;
     }
     let seen_on_a: Vec<Vec<Value>> = {
         let mut v = Vec::new();
@@ -250,7 +235,7 @@ async fn processes_share_streams_cancels_and_idempotency_keys() {
     let id = a
         .create_run("conformance-cancellable", json!({"delayMs": 60000}))
         .await;
-    wait_for_event(&a, &id, "node.started").await;
+    a.wait_for_event(&id, "node.started").await;
     let (s, body) = b.post(&format!("/v1/runs/{id}/cancel"), json!({})).await;
     assert_eq!(s, StatusCode::OK, "{body}");
     let snap = a.wait_terminal(&id, Duration::from_secs(10)).await;
@@ -486,7 +471,7 @@ async fn a_run_parked_on_a_killed_process_resumes_and_finishes_on_another() {
     assert_eq!(s, StatusCode::OK, "{body}");
 
     // Taken over while still parked: B re-parks it on the same interrupt (no new request)...
-    wait_for_event(&b, &late, "run.resumed").await;
+    b.wait_for_event(&late, "run.resumed").await;
     let snap = b.wait_status(&late, &["waiting-approval"], PARK).await;
     assert_eq!(snap["interrupt"]["nodeId"], "gate");
     let after = b.events(&late).await;
@@ -499,7 +484,7 @@ async fn a_run_parked_on_a_killed_process_resumes_and_finishes_on_another() {
     let (s, body) = b.accept(&late, "gate").await;
     assert_eq!(s, StatusCode::OK, "{body}");
     // The token A minted still resolves on B after the takeover.
-    wait_for_event(&b, &external, "run.resumed").await;
+    b.wait_for_event(&external, "run.resumed").await;
     let (s, body) = read(
         b.anon(Method::POST, &format!("/v1/interrupts/{token}"))
             .json(&matching_event())

@@ -167,7 +167,12 @@ pub async fn create(
         response_status: 201,
         response_body: response.clone(),
     });
-    match st.engine.store().create_run(&run, claim.as_ref()).await? {
+    let tenant_id = run.tenant_id.clone();
+    match st
+        .engine
+        .create_and_start(run, claim.as_ref(), slot)
+        .await?
+    {
         CreateRunOutcome::Created => {
             tracing::info!(
                 metricKind = "openwop.run.created",
@@ -176,8 +181,7 @@ pub async fn create(
                 tenantId = %principal.tenant,
                 "run created"
             );
-            st.engine.admission().counters.created(&run.tenant_id);
-            st.engine.start_admitted(run, slot);
+            st.engine.admission().counters.created(&tenant_id);
             let location = HeaderValue::from_str(&format!("/v1/runs/{run_id}")).unwrap();
             let mut resp = (
                 StatusCode::CREATED,

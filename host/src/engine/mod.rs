@@ -20,7 +20,10 @@ use tracing::Instrument;
 use crate::events::EventLog;
 use crate::ops::admission::{Admission, Limits, RunSlot};
 use crate::store::shared::SharedStore;
-use crate::store::{ts, NewEvent, RunRecord, RunUpdate, Store, StoreError, StoredWorkflow};
+use crate::store::{
+    ts, CreateRunOutcome, IdempotencyClaim, NewEvent, RunRecord, RunUpdate, Store, StoreError,
+    StoredWorkflow,
+};
 use dag::{Graph, Problem};
 pub use registry::{
     EmittedEvent, NodeContext, NodeExecutor, NodeInvocation, NodeOutcome, NodeRegistry, NodeResult,
@@ -364,17 +367,45 @@ impl Engine {
     }
 
     /// Start executing a freshly created run in the background. It is counted in flight
-    /// without an admission check (prefer [`Engine::start_admitted`] for client requests).
+    /// without an admission check (client requests go through [`Engine::create_and_start`]).
     pub fn start(self: &Arc<Self>, run: RunRecord) {
-        self.spawn(run, false, None);
+        self.spawn(run, scheduler::Begin::Fresh, None);
     }
 
-    /// Start a run that passed admission; `slot` is held until its driver ends.
-    pub fn start_admitted(self: &Arc<Self>, run: RunRecord, slot: RunSlot) {
-        self.spawn(run, false, Some(slot));
+    /// Create a run that passed admission and start it: the run row and its `run.started`
+    /// event are committed together (one store round trip instead of two), announced to
+    /// subscribers and sinks, and the driver carries on from there. `slot` is held until the
+    /// driver ends; a replayed or mismatched idempotent request starts nothing.
+    pub async fn create_and_start(
+        self: &Arc<Self>,
+        mut run: RunRecord,
+        claim: Option<&IdempotencyClaim>,
+        slot: RunSlot,
+    ) -> Result<CreateRunOutcome, StoreError> {
+        let (event, update) = scheduler::started_event(&run);
+        let (outcome, records) = self
+            .store
+            .create_started_run(&run, claim, vec![event], update.clone())
+            .await?;
+        if matches!(outcome, CreateRunOutcome::Created) {
+            self.events.announce(&run.run_id, &records);
+            let now = records
+                .last()
+                .map(|r| r.timestamp.clone())
+                .unwrap_or_default();
+            crate::store::live::apply_update(&mut run, &update, &now);
+            match records.last() {
+                Some(r) => {
+                    let begin = scheduler::Begin::Started(r.event_id.clone());
+                    self.spawn(run, begin, Some(slot))
+                }
+                None => self.spawn(run, scheduler::Begin::Fresh, Some(slot)),
+            }
+        }
+        Ok(outcome)
     }
 
-    fn spawn(self: &Arc<Self>, run: RunRecord, resume: bool, slot: Option<RunSlot>) {
+    fn spawn(self: &Arc<Self>, run: RunRecord, begin: scheduler::Begin, slot: Option<RunSlot>) {
         let slot = slot.unwrap_or_else(|| self.admission.force_admit(&run.tenant_id));
         let initial = if run.status == "cancelling" {
             Some(CancelSignal::direct("cancel requested before restart"))
@@ -394,7 +425,7 @@ impl Engine {
         let span = run_span(&run);
         tokio::spawn(async move {
             let run_id = run.run_id.clone();
-            match scheduler::drive(engine.clone(), run, resume, rx, variables).await {
+            match scheduler::drive(engine.clone(), run, begin, rx, variables).await {
                 Ok(()) => {}
                 // Another process took the run over (our lease had expired): it finishes it.
                 Err(StoreError::LeaseLost) => {
@@ -461,7 +492,7 @@ impl Engine {
             if let Some(parent) = &run.parent_run_id {
                 orphans.push((run.run_id.clone(), parent.clone()));
             }
-            self.spawn(run, true, None);
+            self.spawn(run, scheduler::Begin::Resume, None);
             n += 1;
         }
         // A crash between a parent's end and its cascade leaves children running: finish the

@@ -167,6 +167,77 @@ impl RunCtx {
     }
 }
 
+/// How long a node may run before its `node.started` is committed on its own. Within it the
+/// event (stamped when the node started) is committed with the node's outcome instead: the log
+/// is the same, a live observer just sees the start of a short node when it ends. A crash in
+/// between loses only that uncommitted start; the restarted run dispatches the node again with
+/// the same attempt number (execution is at-least-once either way).
+const INSTANT_NODE_GRACE: Duration = Duration::from_millis(10);
+
+/// The commit of a deferred `node.started`, in flight.
+type StartCommit<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send + 'a>>;
+
+/// A node's `node.started` while it is not committed yet.
+enum Deferred {
+    None,
+    Started(NewEvent),
+}
+
+impl Deferred {
+    fn is_pending(&self) -> bool {
+        matches!(self, Deferred::Started(_))
+    }
+
+    /// Commit the deferred start on its own (with the row's `currentNodeId`).
+    async fn commit(&mut self, ctx: &RunCtx, node_id: &str) -> Result<(), StoreError> {
+        match self.commit_later(ctx, node_id) {
+            Some(c) => c.await,
+            None => Ok(()),
+        }
+    }
+
+    /// The same commit as a future to drive alongside the node.
+    fn commit_later<'a>(&mut self, ctx: &'a RunCtx, node_id: &str) -> Option<StartCommit<'a>> {
+        let Deferred::Started(ev) = std::mem::replace(self, Deferred::None) else {
+            return None;
+        };
+        let update = started_update(node_id);
+        Some(Box::pin(async move {
+            ctx.append(vec![ev], Some(update)).await.map(|_| ())
+        }))
+    }
+
+    /// `events` (and `update`) with the deferred start in front, as one append.
+    fn prepend(
+        &mut self,
+        node_id: &str,
+        events: Vec<NewEvent>,
+        update: Option<RunUpdate>,
+    ) -> (Vec<NewEvent>, Option<RunUpdate>) {
+        match std::mem::replace(self, Deferred::None) {
+            Deferred::None => (events, update),
+            Deferred::Started(ev) => {
+                let mut all = Vec::with_capacity(events.len() + 1);
+                all.push(ev);
+                all.extend(events);
+                let update = RunUpdate {
+                    current_node_id: Some(Some(node_id.to_string())),
+                    ..update.unwrap_or_default()
+                };
+                (all, Some(update))
+            }
+        }
+    }
+}
+
+fn started_update(node_id: &str) -> RunUpdate {
+    RunUpdate {
+        current_node_id: Some(Some(node_id.to_string())),
+        ..Default::default()
+    }
+}
+
 /// Retry budget: node `settings.maxRetries` (alias `retries`), else the workflow's
 /// `settings.maxRetries`, else 0.
 fn max_retries(graph: &Graph, settings: &Value) -> u64 {
@@ -177,14 +248,25 @@ fn max_retries(graph: &Graph, settings: &Value) -> u64 {
         .unwrap_or(0)
 }
 
+/// How the driver enters its run.
+pub(super) enum Begin {
+    /// A new run without events: append `run.started` first.
+    Fresh,
+    /// After a restart: fold the log back into node states.
+    Resume,
+    /// `run.started` (this event id) was committed with the run row.
+    Started(String),
+}
+
 pub(super) async fn drive(
     engine: Arc<Engine>,
     run: RunRecord,
-    resume: bool,
+    begin: Begin,
     mut cancel_rx: watch::Receiver<Option<CancelSignal>>,
     variables: Arc<tokio::sync::Mutex<Value>>,
 ) -> Result<(), StoreError> {
     let started = Instant::now();
+    let resume = matches!(begin, Begin::Resume);
     let graph = match engine.graph_for(&run.definition_digest).await {
         Ok(g) => g,
         Err(msg) => {
@@ -201,6 +283,9 @@ pub(super) async fn drive(
                     "run.started",
                     json!({"workflowId": run.workflow_id}),
                 ));
+            }
+            if matches!(begin, Begin::Started(_)) {
+                events.clear();
             }
             let error = json!({"code": "workflow_invalid", "message": msg});
             events.push(NewEvent::new("run.failed", json!({"error": error})));
@@ -235,7 +320,9 @@ pub(super) async fn drive(
     let mut parked: Vec<Option<String>> = vec![None; n];
     let mut last_event: Option<String>;
 
-    if resume {
+    if let Begin::Started(id) = begin {
+        last_event = Some(id);
+    } else if resume {
         let mut log = Vec::new();
         let mut after = -1;
         loop {
@@ -549,7 +636,13 @@ fn ignore_terminal(r: Result<(), StoreError>) -> Result<(), StoreError> {
 }
 
 async fn start_run(ctx: &RunCtx) -> Result<Option<String>, StoreError> {
-    let run = &ctx.run;
+    let (event, update) = started_event(&ctx.run);
+    let recs = ctx.append(vec![event], Some(update)).await?;
+    Ok(recs.last().map(|r| r.event_id.clone()))
+}
+
+/// A run's `run.started` event and the row update that goes with it.
+pub(super) fn started_event(run: &RunRecord) -> (NewEvent, RunUpdate) {
     let mut payload = json!({
         "workflowId": run.workflow_id,
         "inputs": run.inputs,
@@ -567,10 +660,7 @@ async fn start_run(ctx: &RunCtx) -> Result<Option<String>, StoreError> {
         started_at: Some(ts(Utc::now())),
         ..Default::default()
     };
-    let recs = ctx
-        .append(vec![NewEvent::new("run.started", payload)], Some(update))
-        .await?;
-    Ok(recs.last().map(|r| r.event_id.clone()))
+    (NewEvent::new("run.started", payload), update)
 }
 
 /// Rebuild node states from a run's event log (restart recovery). Nodes that were started but
@@ -763,6 +853,10 @@ async fn run_node(
         if attempt != first_attempt {
             tracing::Span::current().record("openwop.node_attempt", attempt.saturating_sub(1));
         }
+        // `node.started` is stamped now but committed with the node's next events when the
+        // node ends within [`INSTANT_NODE_GRACE`] (one commit instead of two for a noop or a
+        // quick sandboxed call), else on its own once the grace has passed.
+        let mut deferred = Deferred::None;
         let started_id = match parked_at.take() {
             // Re-entering a node that was parked before a restart: it did start already.
             Some(id) => id,
@@ -773,14 +867,9 @@ async fn run_node(
                 )
                 .node(&node.id)
                 .caused_by(cause.as_deref());
-                let update = RunUpdate {
-                    current_node_id: Some(Some(node.id.clone())),
-                    ..Default::default()
-                };
-                ctx.append(vec![started], Some(update))
-                    .await?
-                    .remove(0)
-                    .event_id
+                let id = started.event_id.clone();
+                deferred = Deferred::Started(started);
+                id
             }
         };
 
@@ -837,21 +926,42 @@ async fn run_node(
                     let admission = ctx.engine.admission.clone();
                     let deadline =
                         timeout_ms.map(|t| tokio::time::Instant::now() + Duration::from_millis(t));
-                    tokio::select! {
-                        (r, held) = fut => {
-                            slot = held;
-                            Some(r)
+                    tokio::pin!(fut);
+                    let grace = tokio::time::sleep(INSTANT_NODE_GRACE);
+                    tokio::pin!(grace);
+                    // The commit of a start that outlived the grace runs *beside* the node, never
+                    // pausing it: a paused node may hold a database connection the commit needs.
+                    let mut committing: Option<StartCommit<'_>> = None;
+                    let outcome = loop {
+                        tokio::select! {
+                            (r, held) = &mut fut => {
+                                slot = held;
+                                break Some(r);
+                            }
+                            _ = node_deadline(deadline, &admission) => {
+                                break Some(NodeOutcome::Failed {
+                                    code: "node_timeout".into(),
+                                    message: format!("node '{}' exceeded its {} ms timeout", node.id, timeout_ms.unwrap_or(0)),
+                                    details: Some(json!({"timeoutMs": timeout_ms})),
+                                    retryable: true,
+                                }.into());
+                            }
+                            _ = cancelled(&mut cancel) => break None,
+                            _ = &mut grace, if deferred.is_pending() => {
+                                // Not an instant node: observers see it start now.
+                                committing = deferred.commit_later(&ctx, &node.id);
+                            }
+                            r = async { committing.as_mut().expect("guarded").await }, if committing.is_some() => {
+                                committing = None;
+                                r?;
+                            }
                         }
-                        _ = node_deadline(deadline, &admission) => {
-                            Some(NodeOutcome::Failed {
-                                code: "node_timeout".into(),
-                                message: format!("node '{}' exceeded its {} ms timeout", node.id, timeout_ms.unwrap_or(0)),
-                                details: Some(json!({"timeoutMs": timeout_ms})),
-                                retryable: true,
-                            }.into())
-                        }
-                        _ = cancelled(&mut cancel) => None,
+                    };
+                    // Its events follow `node.started`: that commit ends first.
+                    if let Some(c) = committing {
+                        c.await?;
                     }
+                    outcome
                 }
             },
         };
@@ -862,18 +972,21 @@ async fn run_node(
                 outcome: NodeOutcome::Interrupt(req),
                 events,
                 variables,
-            }) => match park_and_wait(
-                &ctx,
-                node,
-                attempt,
-                &req,
-                &started_id,
-                slot.take(),
-                &span_id,
-                &mut cancel,
-            )
-            .await?
-            {
+            }) => match {
+                // The interrupt's events are caused by `node.started`: commit it first.
+                deferred.commit(&ctx, &node.id).await?;
+                park_and_wait(
+                    &ctx,
+                    node,
+                    attempt,
+                    &req,
+                    &started_id,
+                    slot.take(),
+                    &span_id,
+                    &mut cancel,
+                )
+                .await?
+            } {
                 Some((outcome, cause_id)) => (
                     Some(NodeResult {
                         outcome,
@@ -894,7 +1007,8 @@ async fn run_node(
             )
             .node(&node.id)
             .caused_by(Some(&started_id));
-            ctx.append(vec![ev], None).await?;
+            let (events, update) = deferred.prepend(&node.id, vec![ev], None);
+            ctx.append(events, update).await?;
             return Ok(NodeEnd::Cancelled);
         };
         let mut events: Vec<NewEvent> = result
@@ -919,10 +1033,18 @@ async fn run_node(
                         .caused_by(Some(&started_id)),
                 );
                 let recs = if result.variables.is_empty() {
-                    ctx.append(events, None).await?
+                    let (events, update) = deferred.prepend(&node.id, events, None);
+                    ctx.append(events, update).await?
                 } else {
-                    commit_variable_writes(&ctx, &node.id, &started_id, result.variables, events)
-                        .await?
+                    commit_variable_writes(
+                        &ctx,
+                        &node.id,
+                        &started_id,
+                        result.variables,
+                        events,
+                        deferred,
+                    )
+                    .await?
                 };
                 log_node_end(&ctx.run.run_id, node, None, duration_ms, attempt);
                 return Ok(NodeEnd::Done {
@@ -944,7 +1066,8 @@ async fn run_node(
                         .node(&node.id)
                         .caused_by(Some(&started_id)),
                     );
-                    let recs = ctx.append(events, None).await?;
+                    let (events, update) = deferred.prepend(&node.id, events, None);
+                    let recs = ctx.append(events, update).await?;
                     tracing::info!(
                         runId = %ctx.run.run_id,
                         nodeId = %node.id,
@@ -980,7 +1103,8 @@ async fn run_node(
                     .node(&node.id)
                     .caused_by(Some(&started_id)),
                 );
-                let recs = ctx.append(events, None).await?;
+                let (events, update) = deferred.prepend(&node.id, events, None);
+                let recs = ctx.append(events, update).await?;
                 log_node_end(
                     &ctx.run.run_id,
                     node,
@@ -1127,6 +1251,7 @@ async fn commit_variable_writes(
     started_id: &str,
     writes: Map<String, Value>,
     mut events: Vec<NewEvent>,
+    mut deferred: Deferred,
 ) -> Result<Vec<EventRecord>, StoreError> {
     let mut vars = ctx.variables.lock().await;
     let mut next = match &*vars {
@@ -1151,7 +1276,8 @@ async fn commit_variable_writes(
         variables: Some(next.clone()),
         ..Default::default()
     };
-    let recs = ctx.append(events, Some(update)).await?;
+    let (events, update) = deferred.prepend(node_id, events, Some(update));
+    let recs = ctx.append(events, update).await?;
     *vars = next;
     Ok(recs)
 }

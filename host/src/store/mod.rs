@@ -337,6 +337,26 @@ pub trait Store:
         run: &RunRecord,
         idem: Option<&IdempotencyClaim>,
     ) -> StoreResult<CreateRunOutcome>;
+    /// [`Store::create_run`] and, only if the run was created, its first events (`run.started`)
+    /// with `update`: what every new run does first. The default is the two calls in turn (a
+    /// crash between them leaves a run without events, which recovery starts); a backend with a
+    /// group-committing writer does both in one transaction, saving a commit per run.
+    async fn create_started_run(
+        &self,
+        run: &RunRecord,
+        idem: Option<&IdempotencyClaim>,
+        events: Vec<NewEvent>,
+        update: RunUpdate,
+    ) -> StoreResult<(CreateRunOutcome, Vec<EventRecord>)> {
+        let outcome = self.create_run(run, idem).await?;
+        if !matches!(outcome, CreateRunOutcome::Created) {
+            return Ok((outcome, Vec::new()));
+        }
+        let records = self
+            .append_events(&run.run_id, events, Some(update))
+            .await?;
+        Ok((outcome, records))
+    }
     async fn get_run(&self, run_id: &str) -> StoreResult<Option<RunRecord>>;
     /// Runs without a terminal event that this process should resume now (after a restart).
     /// On a shared store these are the runs whose execution lease was free or expired, and the

@@ -240,7 +240,37 @@ impl Store for SqliteStore {
     ) -> StoreResult<CreateRunOutcome> {
         let (run, idem) = (run.clone(), idem.cloned());
         self.hot
-            .call(|reply| WriteOp::CreateRun { run, idem, reply })
+            .call(|reply| WriteOp::CreateRun {
+                run,
+                idem,
+                events: Vec::new(),
+                payloads: Vec::new(),
+                update: RunUpdate::default(),
+                reply,
+            })
+            .await
+            .map(|(outcome, _)| outcome)
+    }
+
+    /// One writer op (one savepoint of one group commit) instead of two.
+    async fn create_started_run(
+        &self,
+        run: &RunRecord,
+        idem: Option<&IdempotencyClaim>,
+        events: Vec<NewEvent>,
+        update: RunUpdate,
+    ) -> StoreResult<(CreateRunOutcome, Vec<EventRecord>)> {
+        let (run, idem) = (run.clone(), idem.cloned());
+        let payloads = events.iter().map(|e| e.payload.to_string()).collect();
+        self.hot
+            .call(|reply| WriteOp::CreateRun {
+                run,
+                idem,
+                events,
+                payloads,
+                update,
+                reply,
+            })
             .await
     }
 

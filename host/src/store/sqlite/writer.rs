@@ -46,10 +46,15 @@ const STATEMENT_CACHE: usize = 64;
 pub(crate) type AuditHash = for<'h> fn(&'h AuditEntry) -> String;
 
 pub(crate) enum WriteOp {
+    /// Insert a run; if it was created, append `events` (its `run.started`, may be empty) with
+    /// `update` in the same savepoint.
     CreateRun {
         run: RunRecord,
         idem: Option<IdempotencyClaim>,
-        reply: oneshot::Sender<StoreResult<CreateRunOutcome>>,
+        events: Vec<NewEvent>,
+        payloads: Vec<String>,
+        update: RunUpdate,
+        reply: oneshot::Sender<StoreResult<(CreateRunOutcome, Vec<EventRecord>)>>,
     },
     Append {
         run_id: String,
@@ -103,7 +108,11 @@ pub(crate) enum WriteOp {
 
 /// What one op did inside the transaction (applied to the cache and answered after commit).
 enum Done {
-    Created(CreateRunOutcome),
+    Created {
+        outcome: CreateRunOutcome,
+        /// The first events, when the op carried any and the run was created.
+        appended: Option<(Vec<EventRecord>, String)>,
+    },
     Appended {
         records: Vec<EventRecord>,
         now: String,
@@ -272,14 +281,27 @@ fn fail_all(batch: Vec<WriteOp>, e: &StoreError) {
 /// that reads right after its write sees it).
 fn answer(live: &LiveRuns, op: WriteOp, result: StoreResult<Done>) {
     match (op, result) {
-        (WriteOp::CreateRun { run, reply, .. }, r) => {
+        (
+            WriteOp::CreateRun {
+                run, update, reply, ..
+            },
+            r,
+        ) => {
             let r = r.map(|d| match d {
-                Done::Created(o) => o,
+                Done::Created { outcome, appended } => {
+                    if matches!(outcome, CreateRunOutcome::Created) {
+                        live.created(&run);
+                    }
+                    match appended {
+                        Some((records, now)) => {
+                            live.appended(&run.run_id, &records, &update, &now);
+                            (outcome, records)
+                        }
+                        None => (outcome, Vec::new()),
+                    }
+                }
                 _ => unreachable!("create answered with another op's result"),
             });
-            if matches!(r, Ok(CreateRunOutcome::Created)) {
-                live.created(&run);
-            }
             let _ = reply.send(r);
         }
         (
@@ -431,7 +453,39 @@ fn transaction(
 
 fn apply(db: &rusqlite::Connection, op: &mut WriteOp) -> rusqlite::Result<StoreResult<Done>> {
     match op {
-        WriteOp::CreateRun { run, idem, .. } => create_run(db, run, idem.as_ref()),
+        WriteOp::CreateRun {
+            run,
+            idem,
+            events,
+            payloads,
+            update,
+            ..
+        } => {
+            let created = match create_run(db, run, idem.as_ref())? {
+                Ok(c) => c,
+                Err(e) => return Ok(Err(e)),
+            };
+            if !matches!(created, CreateRunOutcome::Created) || events.is_empty() {
+                return Ok(Ok(Done::Created {
+                    outcome: created,
+                    appended: None,
+                }));
+            }
+            let appended = append(
+                db,
+                &run.run_id,
+                std::mem::take(events),
+                std::mem::take(payloads),
+                update,
+            )?;
+            Ok(appended.map(|d| match d {
+                Done::Appended { records, now } => Done::Created {
+                    outcome: created,
+                    appended: Some((records, now)),
+                },
+                other => other,
+            }))
+        }
         WriteOp::Append {
             run_id,
             events,
@@ -507,7 +561,7 @@ fn create_run(
     db: &rusqlite::Connection,
     run: &RunRecord,
     idem: Option<&IdempotencyClaim>,
-) -> rusqlite::Result<StoreResult<Done>> {
+) -> rusqlite::Result<StoreResult<CreateRunOutcome>> {
     if let Some(claim) = idem {
         let prior: Option<(String, i64, String)> = db
             .prepare_cached(
@@ -529,7 +583,7 @@ fn create_run(
             } else {
                 CreateRunOutcome::Mismatch
             };
-            return Ok(Ok(Done::Created(outcome)));
+            return Ok(Ok(outcome));
         }
     }
     db.prepare_cached(
@@ -566,7 +620,7 @@ fn create_run(
             run.created_at,
         ])?;
     }
-    Ok(Ok(Done::Created(CreateRunOutcome::Created)))
+    Ok(Ok(CreateRunOutcome::Created))
 }
 
 fn append(
