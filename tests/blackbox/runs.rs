@@ -39,6 +39,36 @@ async fn noop_run_lifecycle() {
     assert_eq!(events[1]["payload"]["typeId"], "core.noop");
 }
 
+/// The 201 is sent once the run row *and* its `run.started` are committed (one commit): the
+/// first read after it already finds the run started. A node that ends at once commits its
+/// start with its end, keeping the start's own timestamp and the causation chain.
+#[tokio::test]
+async fn a_created_run_is_already_started_when_the_201_arrives() {
+    let h = Host::start().await;
+    for _ in 0..5 {
+        let run_id = h.create_run("conformance-noop", json!({})).await;
+        let snap = h.snapshot(&run_id).await;
+        assert_ne!(snap["status"], "pending", "{snap}");
+        assert!(snap["startedAt"].is_string(), "{snap}");
+        let (status, body) = h
+            .get(&format!("/v1/runs/{run_id}/events/poll?lastSequence=-1"))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["events"][0]["type"], "run.started", "{body}");
+        assert_eq!(body["events"][0]["sequence"], 0);
+        h.wait_terminal(&run_id, Duration::from_secs(5)).await;
+        let events = h.events(&run_id).await;
+        assert_event_log(&run_id, &events);
+        let at = |i: usize| {
+            chrono::DateTime::parse_from_rfc3339(events[i]["timestamp"].as_str().unwrap()).unwrap()
+        };
+        assert!(at(0) <= at(1) && at(1) <= at(2) && at(2) <= at(3));
+        assert_eq!(events[1]["causationId"], events[0]["eventId"]);
+        assert_eq!(events[2]["causationId"], events[1]["eventId"]);
+        assert_eq!(events[3]["causationId"], events[2]["eventId"]);
+    }
+}
+
 #[tokio::test]
 async fn failure_run_surfaces_error() {
     let h = Host::start().await;
@@ -102,7 +132,7 @@ async fn delay_run_is_visibly_running_then_completes() {
     let snap = h
         .wait_status(&run_id, &["running"], Duration::from_secs(2))
         .await;
-    // run.started and node.started are separate commits: wait for the node to become current.
+    // node.started commits once the node outlives its 10 ms grace: wait for it to become current.
     let mut snap = snap;
     for _ in 0..100 {
         if snap["currentNodeId"] == "wait" || snap["status"] != "running" {

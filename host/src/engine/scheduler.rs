@@ -37,8 +37,17 @@ impl NodeState {
 
 /// What a node task reports back to the driver.
 enum NodeEnd {
-    Done { output: Value, event_id: String },
-    Failed { error: Value, event_id: String },
+    /// `held`: the node's events, not committed yet, for the driver to commit with the run's
+    /// terminal event (see [`Entry::last`]); `event_id` is then the id they will have.
+    Done {
+        output: Value,
+        event_id: String,
+        held: Option<Held>,
+    },
+    Failed {
+        error: Value,
+        event_id: String,
+    },
     Cancelled,
 }
 
@@ -75,6 +84,17 @@ struct Entry {
     first_attempt: u32,
     parked_at: Option<String>,
     span_id: String,
+    /// Every other node is decided: if this one completes, the run completes. Its completion
+    /// events are then handed to the driver uncommitted and committed with `run.completed`,
+    /// one commit instead of two.
+    last: bool,
+}
+
+/// A completed node's events and row update, and the execution slot held until they commit.
+struct Held {
+    events: Vec<NewEvent>,
+    update: Option<RunUpdate>,
+    _slot: Option<crate::ops::admission::ExecPermit>,
 }
 
 /// The `openwop.node.<typeId>` span. Span names are static in `tracing`, so the per-type name
@@ -379,6 +399,8 @@ pub(super) async fn drive(
         });
 
     let (node_cancel_tx, node_cancel_rx) = watch::channel::<Option<String>>(None);
+    // The last node's uncommitted completion (see [`Entry::last`]).
+    let mut held: Option<Held> = None;
     let mut tasks: JoinSet<(usize, Result<NodeEnd, StoreError>)> = JoinSet::new();
     let mut stop: Option<Stop> = cancel_rx.borrow().clone().map(Stop::Cancel);
 
@@ -468,6 +490,12 @@ pub(super) async fn drive(
                     }
                     let inputs = dag::resolve_inputs(node, scope, edge_inputs);
                     states[i] = NodeState::Running;
+                    let last = stop.is_none()
+                        && tasks.is_empty()
+                        && states
+                            .iter()
+                            .enumerate()
+                            .all(|(j, st)| j == i || st.decided());
                     let task_ctx = ctx.clone();
                     let cancel = node_cancel_rx.clone();
                     let parked_at = parked[i].take();
@@ -475,6 +503,7 @@ pub(super) async fn drive(
                         first_attempt: attempts[i] + u32::from(parked_at.is_none()),
                         parked_at,
                         span_id: new_span_id(),
+                        last,
                     };
                     let span = node_span(&ctx, node, entry.first_attempt, &entry.span_id);
                     tasks.spawn(
@@ -516,9 +545,21 @@ pub(super) async fn drive(
                         return Ok(());
                     }
                     Err(e) => return Err(e),
-                    Ok(NodeEnd::Done { output, event_id }) => {
+                    Ok(NodeEnd::Done { output, event_id, held: h }) => {
                         last_event = Some(event_id.clone());
                         states[i] = NodeState::Done { output, event_id };
+                        if let Some(h) = h {
+                            let ends_run = tasks.is_empty() && states.iter().all(NodeState::decided);
+                            if ends_run {
+                                held = Some(h);
+                            } else {
+                                // Something else still runs: the events cannot wait for the end.
+                                match ctx.append(h.events, h.update).await {
+                                    Err(StoreError::RunTerminal) => return Ok(()),
+                                    r => r?,
+                                };
+                            }
+                        }
                     }
                     Ok(NodeEnd::Failed { error, event_id }) => {
                         last_event = Some(event_id.clone());
@@ -621,7 +662,14 @@ pub(super) async fn drive(
         completed_at: Some(now),
         ..update
     };
-    let appended = ctx.append(vec![event], Some(update)).await.map(|_| ());
+    let events = match held {
+        Some(mut h) => {
+            h.events.push(event);
+            std::mem::take(&mut h.events)
+        }
+        None => vec![event],
+    };
+    let appended = ctx.append(events, Some(update)).await.map(|_| ());
     if appended.is_ok() {
         log_terminal(&ctx.run.run_id, status, error.as_ref(), duration_ms);
     }
@@ -834,6 +882,7 @@ async fn run_node(
         first_attempt,
         mut parked_at,
         span_id,
+        last,
     } = entry;
     let graph = &ctx.graph;
     let node = &graph.nodes[i];
@@ -1032,6 +1081,23 @@ async fn run_node(
                         .node(&node.id)
                         .caused_by(Some(&started_id)),
                 );
+                if last && result.variables.is_empty() {
+                    let (events, update) = deferred.prepend(&node.id, events, None);
+                    log_node_end(&ctx.run.run_id, node, None, duration_ms, attempt);
+                    let event_id = events
+                        .last()
+                        .map(|e| e.event_id.clone())
+                        .unwrap_or_default();
+                    return Ok(NodeEnd::Done {
+                        output,
+                        event_id,
+                        held: Some(Held {
+                            events,
+                            update,
+                            _slot: slot.take(),
+                        }),
+                    });
+                }
                 let recs = if result.variables.is_empty() {
                     let (events, update) = deferred.prepend(&node.id, events, None);
                     ctx.append(events, update).await?
@@ -1050,6 +1116,7 @@ async fn run_node(
                 return Ok(NodeEnd::Done {
                     output,
                     event_id: recs.last().unwrap().event_id.clone(),
+                    held: None,
                 });
             }
             NodeOutcome::Interrupt(_) => unreachable!("interrupts are resolved above"),
