@@ -1,6 +1,6 @@
 //! Event streams: `GET /v1/runs/{runId}/events/poll` and SSE `GET /v1/runs/{runId}/events`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,10 +9,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 use serde_json::json;
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::broadcast;
 
 use super::auth::{Auth, Principal};
 use super::error::ApiError;
@@ -170,14 +168,24 @@ pub async fn sse(
         return Ok(resp);
     }
 
-    // Subscribe before reading the backlog; de-duplicate by sequence.
+    // Subscribe before reading the backlog; de-duplicate by sequence. The stream is polled by
+    // the connection's own task (no pump task or channel per connection: one wake-up per
+    // event instead of two) and dropped when the client goes away.
     let live = st.events.subscribe(&run_id);
-    let (tx, rx) = mpsc::channel::<Event>(64);
-    let store = st.engine.store().clone();
-    tokio::spawn(async move {
-        let _ = pump(store, run_id, after, live, tx, debug).await;
+    let pump = Pump {
+        store: st.engine.store().clone(),
+        run_id,
+        last: after,
+        live,
+        debug,
+        queue: VecDeque::new(),
+        catching_up: true,
+        closed: false,
+        done: false,
+    };
+    let stream = futures::stream::unfold(pump, |mut p| async move {
+        p.next().await.map(|ev| (Ok::<_, Infallible>(ev), p))
     });
-    let stream = ReceiverStream::new(rx).map(Ok::<_, Infallible>);
     let mut resp = Sse::new(stream)
         .keep_alive(
             KeepAlive::new()
@@ -200,80 +208,77 @@ fn frame(e: &EventRecord) -> Event {
         .data(e.to_json().to_string())
 }
 
-/// Feed one SSE connection: committed backlog, then live events, until the terminal event.
-/// Returns Err when the client went away.
-async fn pump(
+/// One SSE connection's source: the committed backlog after `last` (a page at a time), then
+/// live events, until the terminal event. A gap in the live feed (lagged receiver, missed
+/// sequence, closed channel) goes back to the store for what is committed.
+struct Pump {
     store: Arc<dyn crate::store::Store>,
     run_id: String,
-    mut last: i64,
-    mut live: broadcast::Receiver<Arc<EventRecord>>,
-    tx: mpsc::Sender<Event>,
+    last: i64,
+    live: broadcast::Receiver<Arc<EventRecord>>,
     debug: bool,
-) -> Result<(), ()> {
-    // Send everything committed after `last`; true once the terminal event went out.
-    async fn catch_up(
-        store: &Arc<dyn crate::store::Store>,
-        run_id: &str,
-        last: &mut i64,
-        tx: &mpsc::Sender<Event>,
-        debug: bool,
-    ) -> Result<bool, ()> {
+    /// Frames ready to send (at most one store page).
+    queue: VecDeque<Event>,
+    /// The next frames come from the store, not the live feed.
+    catching_up: bool,
+    /// The live channel closed (the run finished): end once caught up.
+    closed: bool,
+    /// The terminal event is queued, or the store failed: nothing more after the queue.
+    done: bool,
+}
+
+impl Pump {
+    async fn next(&mut self) -> Option<Event> {
         loop {
-            let page = store
-                .list_events(run_id, *last, PAGE)
-                .await
-                .map_err(|_| ())?;
+            if let Some(ev) = self.queue.pop_front() {
+                return Some(ev);
+            }
+            if self.done {
+                return None;
+            }
+            self.fill().await;
+        }
+    }
+
+    /// Queue `e` if this stream shows it; true when it is the terminal event.
+    fn push(&mut self, e: &EventRecord) -> bool {
+        self.last = e.sequence;
+        if self.debug || !hidden_in_updates(&e.event_type) {
+            self.queue.push_back(frame(e));
+        }
+        e.is_terminal()
+    }
+
+    async fn fill(&mut self) {
+        if self.catching_up {
+            let page = match self.store.list_events(&self.run_id, self.last, PAGE).await {
+                Ok(p) => p,
+                Err(_) => {
+                    self.done = true;
+                    return;
+                }
+            };
             let full = page.len() as i64 == PAGE;
             for e in &page {
-                *last = e.sequence;
-                if debug || !hidden_in_updates(&e.event_type) {
-                    tx.send(frame(e)).await.map_err(|_| ())?;
-                }
-                if e.is_terminal() {
-                    return Ok(true);
+                if self.push(e) {
+                    self.done = true;
+                    return;
                 }
             }
             if !full {
-                return Ok(false);
+                self.catching_up = false;
+                self.done = self.closed;
             }
+            return;
         }
-    }
-    if catch_up(&store, &run_id, &mut last, &tx, debug).await? {
-        return Ok(());
-    }
-    loop {
-        let next = tokio::select! {
-            r = live.recv() => r,
-            _ = tx.closed() => return Err(()),
-        };
-        match next {
-            Ok(e) => {
-                if e.sequence <= last {
-                    continue;
-                }
-                if e.sequence > last + 1 {
-                    if catch_up(&store, &run_id, &mut last, &tx, debug).await? {
-                        return Ok(());
-                    }
-                    continue;
-                }
-                last = e.sequence;
-                if debug || !hidden_in_updates(&e.event_type) {
-                    tx.send(frame(&e)).await.map_err(|_| ())?;
-                }
-                if e.is_terminal() {
-                    return Ok(());
-                }
-            }
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                if catch_up(&store, &run_id, &mut last, &tx, debug).await? {
-                    return Ok(());
-                }
-            }
+        match self.live.recv().await {
+            Ok(e) if e.sequence <= self.last => {}
+            Ok(e) if e.sequence > self.last + 1 => self.catching_up = true,
+            Ok(e) => self.done = self.push(&e),
+            Err(broadcast::error::RecvError::Lagged(_)) => self.catching_up = true,
             Err(broadcast::error::RecvError::Closed) => {
-                // The run finished (publisher dropped the channel): flush what is committed.
-                catch_up(&store, &run_id, &mut last, &tx, debug).await?;
-                return Ok(());
+                self.catching_up = true;
+                self.closed = true;
             }
         }
     }
