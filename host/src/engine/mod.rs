@@ -251,6 +251,7 @@ impl Engine {
 
     /// Declare the store shared with other processes (see [`crate::cluster`]).
     pub fn set_shared(&self, shared: Arc<dyn SharedStore>) {
+        self.interrupts.set_shared();
         let _ = self.shared.set(shared);
     }
 

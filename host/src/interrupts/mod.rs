@@ -144,6 +144,9 @@ pub struct Interrupts {
     audit: Option<Arc<AuditLog>>,
     /// Parked node tasks, by interrupt id (woken after a resolution commits).
     waiters: Mutex<HashMap<String, Arc<Notify>>>,
+    /// The store is shared with other processes (Postgres), so a resolution may commit
+    /// elsewhere; see [`Interrupts::wait`].
+    shared: std::sync::atomic::AtomicBool,
 }
 
 fn parse_ts(s: &str) -> Option<DateTime<Utc>> {
@@ -167,7 +170,15 @@ impl Interrupts {
             token_ttl_ms: settings.token_ttl_ms.max(1),
             audit,
             waiters: Mutex::new(HashMap::new()),
+            shared: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Declare the store shared with other processes: parked waits then also watch their run's
+    /// live channel for resolutions committed elsewhere.
+    pub fn set_shared(&self) {
+        self.shared
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn waiter(&self, interrupt_id: &str) -> Arc<Notify> {
@@ -314,8 +325,14 @@ impl Interrupts {
     ) -> Result<WaitEnd, StoreError> {
         let notify = self.waiter(&rec.interrupt_id);
         // With a shared store the resolution may commit in another process: its events reach
-        // this process's live channel of the run, which wakes us to re-read the row.
-        let mut remote = Some(self.events.subscribe(&rec.run_id));
+        // this process's live channel of the run, which wakes us to re-read the row. A store of
+        // this process alone needs no such channel: every resolution, vote and expiry commits
+        // here and wakes `notify`. (A subscription pins the run's 256-slot broadcast buffer for
+        // as long as the run is parked, ~15 KiB per parked run; docs/performance.md.)
+        let mut remote = self
+            .shared
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then(|| self.events.subscribe(&rec.run_id));
         tokio::pin!(cancel);
         let end = loop {
             let cur = self
