@@ -602,9 +602,9 @@ pub(super) async fn drive(
             Stop::Cancel(_) => "parent-cancelled",
             Stop::Fail { .. } => "parent-failed",
         };
-        engine
-            .cancel_children(&ctx.run, Some(&graph), reason)
-            .await?;
+        // Boxed: this large future exists only while the run ends, but inline it would size
+        // the driver of every parked run (docs/performance.md, "Memory").
+        Box::pin(engine.cancel_children(&ctx.run, Some(&graph), reason)).await?;
     }
     let duration_ms = started.elapsed().as_millis() as u64;
     let now = ts(Utc::now());
@@ -1203,9 +1203,9 @@ async fn park_and_wait(
     use crate::interrupts::WaitEnd;
     let interrupts = ctx.engine.interrupts.clone();
     let key = format!("{}:{}:{}", ctx.run.run_id, node.id, attempt);
-    let rec = interrupts
-        .park(&ctx.run.run_id, &node.id, &key, req, started_id)
-        .await?;
+    // Boxed: raising the interrupt is over before the long wait, so it must not size the
+    // parked node task (docs/performance.md, "Memory").
+    let rec = Box::pin(interrupts.park(&ctx.run.run_id, &node.id, &key, req, started_id)).await?;
     // Parked durably: waiting for the resolution holds no execution slot.
     drop(slot);
     // `openwop.interrupt`: open while the node waits (observability.md §"Span naming").

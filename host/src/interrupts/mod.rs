@@ -361,7 +361,8 @@ impl Interrupts {
                     self.store.cancel_interrupts(&rec.run_id, None).await?;
                     break WaitEnd::Cancelled(reason);
                 }
-                _ = sleep_until_opt(deadline) => self.expire(&cur).await?,
+                // Boxed: rare, and inline it would size every parked wait.
+                _ = sleep_until_opt(deadline) => Box::pin(self.expire(&cur)).await?,
             }
         };
         self.waiters.lock().unwrap().remove(&rec.interrupt_id);
