@@ -286,26 +286,25 @@ pub(super) async fn drive(
     variables: Arc<tokio::sync::Mutex<Value>>,
 ) -> Result<(), StoreError> {
     let started = Instant::now();
-    let resume = matches!(begin, Begin::Resume);
     let graph = match engine.graph_for(&run.definition_digest).await {
         Ok(g) => g,
         Err(msg) => {
             // The definition no longer validates (e.g. a node type vanished): fail clearly.
             let mut events = Vec::new();
-            if !resume
-                || engine
+            let needs_start = match begin {
+                Begin::Fresh => true,
+                Begin::Started(_) => false,
+                Begin::Resume => engine
                     .store
                     .list_events(&run.run_id, -1, 1)
                     .await?
-                    .is_empty()
-            {
+                    .is_empty(),
+            };
+            if needs_start {
                 events.push(NewEvent::new(
                     "run.started",
                     json!({"workflowId": run.workflow_id}),
                 ));
-            }
-            if matches!(begin, Begin::Started(_)) {
-                events.clear();
             }
             let error = json!({"code": "workflow_invalid", "message": msg});
             events.push(NewEvent::new("run.failed", json!({"error": error})));
@@ -340,41 +339,43 @@ pub(super) async fn drive(
     let mut parked: Vec<Option<String>> = vec![None; n];
     let mut last_event: Option<String>;
 
-    if let Begin::Started(id) = begin {
-        last_event = Some(id);
-    } else if resume {
-        let mut log = Vec::new();
-        let mut after = -1;
-        loop {
-            let page = engine
-                .store
-                .list_events(&ctx.run.run_id, after, 1000)
-                .await?;
-            let Some(last) = page.last() else { break };
-            after = last.sequence;
-            log.extend(page);
-        }
-        if log.is_empty() {
-            last_event = start_run(&ctx).await?;
-        } else {
-            fold(&graph, &log, &mut states, &mut attempts, &mut parked);
-            let prev = log.last().map(|e| e.event_id.clone());
-            let ev = NewEvent::new(
+    match begin {
+        Begin::Started(id) => last_event = Some(id),
+        Begin::Resume => {
+            let mut log = Vec::new();
+            let mut after = -1;
+            loop {
+                let page = engine
+                    .store
+                    .list_events(&ctx.run.run_id, after, 1000)
+                    .await?;
+                let Some(last) = page.last() else { break };
+                after = last.sequence;
+                log.extend(page);
+            }
+            if log.is_empty() {
+                last_event = start_run(&ctx).await?;
+            } else {
+                fold(&graph, &log, &mut states, &mut attempts, &mut parked);
+                let prev = log.last().map(|e| e.event_id.clone());
+                let ev = NewEvent::new(
                 "run.resumed",
                 json!({"reason": "host-restart", "resumedFromSequence": log.last().map(|e| e.sequence)}),
             )
             .caused_by(prev.as_deref());
-            let recs = match ctx.append(vec![ev], Some(RunUpdate::default())).await {
+                let recs = match ctx.append(vec![ev], Some(RunUpdate::default())).await {
+                    Err(StoreError::RunTerminal) => return Ok(()),
+                    r => r?,
+                };
+                last_event = recs.last().map(|r| r.event_id.clone());
+            }
+        }
+        Begin::Fresh => {
+            last_event = match start_run(&ctx).await {
                 Err(StoreError::RunTerminal) => return Ok(()),
                 r => r?,
             };
-            last_event = recs.last().map(|r| r.event_id.clone());
         }
-    } else {
-        last_event = match start_run(&ctx).await {
-            Err(StoreError::RunTerminal) => return Ok(()),
-            r => r?,
-        };
     }
 
     let deadline = graph
@@ -662,12 +663,14 @@ pub(super) async fn drive(
         completed_at: Some(now),
         ..update
     };
-    let events = match held {
-        Some(mut h) => {
-            h.events.push(event);
-            std::mem::take(&mut h.events)
+    // The held node's slot (`_slot`) is released only after this commit, as for any node.
+    let (events, _slot) = match held {
+        Some(h) => {
+            let mut events = h.events;
+            events.push(event);
+            (events, h._slot)
         }
-        None => vec![event],
+        None => (vec![event], None),
     };
     let appended = ctx.append(events, Some(update)).await.map(|_| ());
     if appended.is_ok() {
@@ -1081,25 +1084,24 @@ async fn run_node(
                         .node(&node.id)
                         .caused_by(Some(&started_id)),
                 );
-                if last && result.variables.is_empty() {
-                    let (events, update) = deferred.prepend(&node.id, events, None);
-                    log_node_end(&ctx.run.run_id, node, None, duration_ms, attempt);
-                    let event_id = events
-                        .last()
-                        .map(|e| e.event_id.clone())
-                        .unwrap_or_default();
-                    return Ok(NodeEnd::Done {
-                        output,
-                        event_id,
-                        held: Some(Held {
-                            events,
-                            update,
-                            _slot: slot.take(),
-                        }),
-                    });
-                }
                 let recs = if result.variables.is_empty() {
                     let (events, update) = deferred.prepend(&node.id, events, None);
+                    if last {
+                        log_node_end(&ctx.run.run_id, node, None, duration_ms, attempt);
+                        let event_id = events
+                            .last()
+                            .map(|e| e.event_id.clone())
+                            .unwrap_or_default();
+                        return Ok(NodeEnd::Done {
+                            output,
+                            event_id,
+                            held: Some(Held {
+                                events,
+                                update,
+                                _slot: slot.take(),
+                            }),
+                        });
+                    }
                     ctx.append(events, update).await?
                 } else {
                     commit_variable_writes(
