@@ -2,13 +2,16 @@
 //!
 //! * `fresh_instance/echo_probe`: the RFC 0035 echo probe, loaded once; each
 //!   iteration is one complete isolated invocation through the public async
-//!   API (queue slot, blocking-pool hop, fresh Store + instance from the
-//!   InstancePre, call, teardown).
+//!   API (queue slot, fresh Store + instance from the InstancePre, async
+//!   call on the calling task, teardown).
 //! * `fresh_instance/rfc0008_greet`: the same for `packs/greet` (JSON
 //!   request written into guest memory, node invoked, JSON response read
 //!   back and parsed, both buffers freed).
 //! * `*_blocking` variants: the same work through `invoke_blocking` on the
-//!   bench thread (no thread hop), to show what the hop costs.
+//!   bench thread (no queue slot, no runtime worker).
+//! * `baseline_spawn_blocking_roundtrip`: one hop to Tokio's blocking pool
+//!   and back, what component invocations pay (and what core-module
+//!   invocations paid before they ran on the calling task).
 //!
 //! Before the benchmarks it prints how far past its wall-clock cap a
 //! timed-out invocation returns (epoch interruption latency).
@@ -69,8 +72,6 @@ fn fresh_instance(c: &mut Criterion) {
     g.bench_function("echo_probe_blocking", |b| {
         b.iter(|| s.invoke_blocking(&echo, &echo_req).unwrap())
     });
-    // The thread hop alone (what `invoke` adds to `invoke_blocking`, minus
-    // the queue slot and the backstop timer): for reading the numbers above.
     g.bench_function("baseline_spawn_blocking_roundtrip", |b| {
         b.iter(|| rt.block_on(async { tokio::task::spawn_blocking(|| 1u32).await.unwrap() }))
     });

@@ -34,7 +34,8 @@ pub struct PoolConfig {
     pub total_memories: u32,
     /// Concurrent tables.
     pub total_tables: u32,
-    /// Concurrent fiber stacks (async calls only).
+    /// Concurrent fiber stacks: every invocation runs on one (guest code is
+    /// always called through wasmtime's async entry points).
     pub total_stacks: u32,
     /// Hard cap on any one linear memory, whatever the per-invocation
     /// limits say. Default 1 GiB.
@@ -67,7 +68,7 @@ impl Default for PoolConfig {
             total_component_instances: 128,
             total_memories: 256,
             total_tables: 256,
-            total_stacks: 64,
+            total_stacks: 256,
             max_memory_bytes: 1 << 30,
             max_table_elements: 20_000,
             max_core_instance_size: 1 << 20,

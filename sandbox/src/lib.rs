@@ -32,9 +32,12 @@
 //! * Every invocation gets a fresh `Store` and instance (from an
 //!   `InstancePre`), with fuel, an epoch wall-clock deadline, and memory and
 //!   table caps ([`Limits`]). Each breach has its own error.
-//! * Guest code runs only on Tokio's blocking pool, at most
-//!   [`SandboxConfig::max_concurrent`] at a time; the rest wait in a bounded
-//!   queue ([`SandboxConfig::max_queued`]).
+//! * At most [`SandboxConfig::max_concurrent`] invocations run guest code at
+//!   a time; the rest wait in a bounded queue ([`SandboxConfig::max_queued`]).
+//!   Core-module invocations run on the calling task and yield to the
+//!   executor at every epoch tick (a hostile loop cannot hold a worker
+//!   thread for longer than about one tick); components run on Tokio's
+//!   blocking pool under an async backstop.
 
 #![warn(missing_docs)]
 
@@ -71,7 +74,7 @@ pub const WASMTIME_VERSION: &str = "48.0.8";
 pub struct SandboxConfig {
     /// Engine, pool, epoch and cache settings.
     pub engine: EngineConfig,
-    /// Invocations running guest code at once (each on a blocking thread).
+    /// Invocations running guest code at once.
     /// Default: the number of CPUs (at least 2).
     pub max_concurrent: usize,
     /// Invocations allowed to wait for a slot; more are refused with
@@ -460,8 +463,8 @@ impl InvokeOutcome {
     }
 }
 
-/// The sandbox: one wasmtime engine, a compile cache, and a bounded pool of
-/// blocking threads for guest code. Clone it freely (it is an `Arc`).
+/// The sandbox: one wasmtime engine, a compile cache, and a bounded number
+/// of invocation slots. Clone it freely (it is an `Arc`).
 #[derive(Clone, Debug)]
 pub struct Sandbox {
     inner: Arc<Inner>,
@@ -565,13 +568,15 @@ impl Sandbox {
     }
 
     /// Invoke one node in a fresh instance. Waits for a free slot (bounded
-    /// queue), then runs the guest on Tokio's blocking pool. Safe to call
-    /// from many tasks at once. Must be called inside a Tokio runtime with
-    /// the time driver enabled (`enable_time`/`enable_all`): the async
-    /// backstop is a `tokio::time::timeout`.
+    /// queue), then runs the guest: core modules (probe, RFC 0008) on the
+    /// calling task, yielding at every epoch tick; components on Tokio's
+    /// blocking pool under an async backstop. Safe to call from many tasks
+    /// at once. Must be called inside a Tokio runtime with the time driver
+    /// enabled (`enable_time`/`enable_all`).
     ///
     /// `Ok` means the guest answered (completed, failed on purpose, or
-    /// suspended); every sandbox-enforced failure is an `Err`.
+    /// suspended); every sandbox-enforced failure is an `Err`. Dropping the
+    /// future abandons the invocation (its fiber is unwound).
     pub async fn invoke(
         &self,
         pack: &Arc<LoadedPack>,
@@ -588,6 +593,21 @@ impl Sandbox {
             .map_err(SandboxError::internal)?;
         drop(slot);
         let queued = queued_at.elapsed();
+        let with_queued = |mut o: InvokeOutcome| {
+            o.metrics.queued = queued;
+            o
+        };
+        if abi::runs_inline(pack) {
+            // A panic in the sandbox (never in guest code: wasm traps are
+            // errors) must not take down the caller's task.
+            let run = std::panic::AssertUnwindSafe(abi::invoke(&self.inner.engine, pack, &req));
+            let r = futures::FutureExt::catch_unwind(run).await;
+            drop(permit);
+            return match r {
+                Ok(r) => r.map(with_queued),
+                Err(_) => Err(SandboxError::internal("the invocation panicked")),
+            };
+        }
         let wall = req.limits.as_ref().unwrap_or(&pack.limits).wall_clock;
         let this = self.clone();
         let pack = pack.clone();
@@ -597,10 +617,7 @@ impl Sandbox {
         });
         let backstop = wall + self.inner.config.backstop_grace;
         match tokio::time::timeout(backstop, handle).await {
-            Ok(Ok(r)) => r.map(|mut o| {
-                o.metrics.queued = queued;
-                o
-            }),
+            Ok(Ok(r)) => r.map(with_queued),
             Ok(Err(e)) => Err(SandboxError::internal(format!("invocation worker: {e}"))),
             Err(_) => Err(SandboxError::Timeout {
                 limit_ms: wall.as_millis() as u64,
@@ -610,14 +627,15 @@ impl Sandbox {
     }
 
     /// [`Sandbox::invoke`] on the calling thread, without queueing. Do not
-    /// call this from an async executor thread. Hosts that manage their own
-    /// worker threads can use it directly.
+    /// call this from an async executor thread (it blocks until the guest
+    /// is done). Hosts that manage their own worker threads can use it
+    /// directly.
     pub fn invoke_blocking(
         &self,
         pack: &LoadedPack,
         req: &InvokeRequest,
     ) -> Result<InvokeOutcome, SandboxError> {
-        abi::invoke(&self.inner.engine, pack, req)
+        wasmtime_wasi::runtime::in_tokio(abi::invoke(&self.inner.engine, pack, req))
     }
 
     /// Probe-ABI convenience: call export `entry` (`invoke`, `bump`,

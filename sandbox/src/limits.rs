@@ -5,10 +5,17 @@
 //! Every Store the sandbox creates (core or component) goes through
 //! [`prepare_store`]: fuel, epoch deadline and the [`Limiter`] are set
 //! before any guest code (including start functions) runs.
+//!
+//! Guest code is always driven through wasmtime's async entry points, and
+//! the epoch deadline is one tick: at every tick the guest yields to the
+//! executor, and once the wall clock is spent the next tick traps. So a
+//! guest in a tight loop holds its thread for at most about one tick at a
+//! time, which is what lets [`crate::Sandbox::invoke`] run core-module
+//! invocations on the caller's async worker instead of a blocking thread.
 
 use std::time::{Duration, Instant};
 
-use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
 
 use crate::error::SandboxError;
 
@@ -268,33 +275,34 @@ impl Budget {
     }
 }
 
-/// Set up a fresh Store: limiter, fuel, epoch deadline (trap on expiry).
+/// Set up a fresh Store: limiter, fuel, and the epoch deadline.
 ///
-/// `epoch_tick` is the engine's epoch ticker period. Call this before
+/// The deadline fires at every epoch tick: until `limits.wall_clock` has
+/// passed since this call the guest yields to the async executor and goes
+/// on (`UpdateDeadline::Yield`), after it the guest traps with
+/// `Trap::Interrupt` (classified as [`SandboxError::Timeout`]). Guest code
+/// in such a Store must be called with the `*_async` entry points (a
+/// synchronous call would trap at the first tick). Call this before
 /// instantiating anything in `store`, so start functions are covered.
-pub fn prepare_store<T: HasLimiter + 'static>(
-    store: &mut Store<T>,
-    limits: &Limits,
-    epoch_tick: Duration,
-) -> Budget {
+pub fn prepare_store<T: HasLimiter + 'static>(store: &mut Store<T>, limits: &Limits) -> Budget {
     store.limiter(|d| d.limiter() as &mut dyn ResourceLimiter);
     let fuel = limits.fuel.unwrap_or(u64::MAX);
     // consume_fuel is on for the engine; set_fuel cannot fail then.
     let _ = store.set_fuel(fuel);
-    store.set_epoch_deadline(deadline_ticks(limits.wall_clock, epoch_tick));
-    store.epoch_deadline_trap();
+    let started = Instant::now();
+    let deadline = started.checked_add(limits.wall_clock);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        Ok(match deadline {
+            Some(d) if Instant::now() >= d => UpdateDeadline::Interrupt,
+            _ => UpdateDeadline::Yield(1),
+        })
+    });
     Budget {
-        started: Instant::now(),
+        started,
         fuel_granted: fuel,
         limits: limits.clone(),
     }
-}
-
-/// Epoch ticks for a wall-clock cap: the deadline fires between `wall` and
-/// `wall + tick` after it is set.
-pub fn deadline_ticks(wall: Duration, tick: Duration) -> u64 {
-    let tick_ns = tick.as_nanos().max(1);
-    (wall.as_nanos().div_ceil(tick_ns) as u64).saturating_add(1)
 }
 
 /// Turn a wasmtime error from instantiation or a guest call into a
@@ -371,19 +379,6 @@ pub fn classify(err: wasmtime::Error, limiter: &Limiter, budget: &Budget) -> San
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn deadline_rounds_up() {
-        assert_eq!(
-            deadline_ticks(Duration::from_millis(300), Duration::from_millis(1)),
-            301
-        );
-        assert_eq!(
-            deadline_ticks(Duration::from_micros(1500), Duration::from_millis(1)),
-            3
-        );
-        assert_eq!(deadline_ticks(Duration::ZERO, Duration::from_millis(1)), 1);
-    }
 
     #[test]
     fn limiter_refuses_over_cap() {

@@ -20,9 +20,10 @@
 //! start code is covered), a fresh WASI context built from the effective
 //! grants, a fresh instance from the template, one call to `invoke`.
 //! Instantiation and calls are async (`instantiate_async`/`call_async`, WASI
-//! and wasi-http linked in their async flavour) and driven on the calling
-//! thread under a tokio timeout at the same wall-clock deadline: epochs stop
-//! running wasm, the timeout abandons a guest parked in a host call (a WASI
+//! and wasi-http linked in their async flavour; [`crate::Sandbox`] drives
+//! component invocations on a blocking thread) under a tokio timeout at
+//! the same wall-clock deadline: epochs stop running wasm (the Store also
+//! yields at every epoch tick), the timeout abandons a guest parked in a host call (a WASI
 //! sleep, a slow HTTP peer) so its worker thread and slot are released on
 //! time. If the invocation carries its own grants the gate runs again
 //! against them, so a narrower per-call grant is refused, never silently
@@ -260,17 +261,20 @@ pub(crate) fn load(
         engine.engine(),
         ComponentState::new(hs, WasiCtx::builder().build(), HttpAllowlist::default()),
     );
-    let budget = prepare_store(&mut store, hs, engine.epoch_tick());
+    let budget = prepare_store(&mut store, hs);
     let pre = &pack.pre;
-    let answer = run_with_deadline(hs, &budget, &mut store, |store| {
-        Box::pin(async move {
-            let inst = pre.instantiate_async(&mut *store).await?;
-            let node = inst.openwop_node_node();
-            let name = node.call_pack_name(&mut *store).await?;
-            let nodes = node.call_nodes(&mut *store).await?;
-            Ok((name, nodes))
-        })
-    });
+    // Loading runs on a blocking thread (Sandbox::load): drive the
+    // handshake to completion here.
+    let answer =
+        wasmtime_wasi::runtime::in_tokio(run_with_deadline(hs, &budget, &mut store, |store| {
+            Box::pin(async move {
+                let inst = pre.instantiate_async(&mut *store).await?;
+                let node = inst.openwop_node_node();
+                let name = node.call_pack_name(&mut *store).await?;
+                let nodes = node.call_nodes(&mut *store).await?;
+                Ok((name, nodes))
+            })
+        }));
     let (name, nodes) = match answer {
         Ok(v) => v,
         Err(Stopped::Deadline(e)) => return Err(e),
@@ -414,7 +418,7 @@ fn prepare(
     })
 }
 
-pub(crate) fn invoke(
+pub(crate) async fn invoke(
     engine: &SandboxEngine,
     pack: &LoadedPack,
     c: &ComponentPack,
@@ -445,7 +449,7 @@ pub(crate) fn invoke(
 
     let started = Instant::now();
     let mut store = Store::new(engine.engine(), ComponentState::new(limits, ctx, allowlist));
-    let budget = prepare_store(&mut store, limits, engine.epoch_tick());
+    let budget = prepare_store(&mut store, limits);
 
     let node_ctx = wit_types::NodeContext {
         run_id: req.context.run_id.clone(),
@@ -468,7 +472,8 @@ pub(crate) fn invoke(
                 .call_invoke(&mut *store, type_id, &node_ctx, &input)
                 .await
         })
-    });
+    })
+    .await;
 
     let fuel_consumed = budget.fuel_consumed(&store);
     let result = match call {
@@ -529,15 +534,15 @@ enum Stopped {
 type GuestFuture<'a, R> =
     std::pin::Pin<Box<dyn std::future::Future<Output = wasmtime::Result<R>> + Send + 'a>>;
 
-/// Run guest code (instantiation and calls) to completion on the calling
-/// thread, or abandon it at the wall-clock deadline.
+/// Run guest code (instantiation and calls) to completion, or abandon it at
+/// the wall-clock deadline.
 ///
 /// Wasm that is *running* is stopped by the epoch deadline (a trap, mapped
 /// by [`classify`]); this covers the other case — the guest parked inside a
 /// host call, where epochs cannot reach. Dropping the future unwinds the
 /// guest's fiber, so the worker thread is free again at the deadline rather
 /// than when the host call would have finished.
-fn run_with_deadline<'s, R>(
+async fn run_with_deadline<'s, R>(
     limits: &Limits,
     budget: &crate::limits::Budget,
     store: &'s mut Store<ComponentState>,
@@ -548,17 +553,14 @@ fn run_with_deadline<'s, R>(
     // win the race when the guest is computing; the host-side timer is a
     // little later.
     let grace = std::time::Duration::from_millis(20);
-    let fut = f(store);
-    wasmtime_wasi::runtime::in_tokio(async move {
-        match tokio::time::timeout(remaining + grace, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(Stopped::Error(e)),
-            Err(_) => Err(Stopped::Deadline(SandboxError::Timeout {
-                limit_ms: limits.wall_clock.as_millis() as u64,
-                elapsed_ms: budget.started.elapsed().as_millis() as u64,
-            })),
-        }
-    })
+    match tokio::time::timeout(remaining + grace, f(store)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Stopped::Error(e)),
+        Err(_) => Err(Stopped::Deadline(SandboxError::Timeout {
+            limit_ms: limits.wall_clock.as_millis() as u64,
+            elapsed_ms: budget.started.elapsed().as_millis() as u64,
+        })),
+    }
 }
 
 /// Log a failed invocation with the guest's stderr (its last words are

@@ -165,7 +165,10 @@ fn read_guest(
 }
 
 /// Allocate with the guest's `openwop_alloc` and copy `bytes` in.
-fn write_guest(caller: &mut Caller<'_, HostState>, bytes: &[u8]) -> Res<(u32, u32)> {
+///
+/// Async because it calls back into the guest: the outer call is a
+/// `call_async`, and wasmtime refuses a synchronous call nested in it.
+async fn write_guest(caller: &mut Caller<'_, HostState>, bytes: &[u8]) -> Res<(u32, u32)> {
     if bytes.is_empty() {
         return Ok((0, 0));
     }
@@ -176,7 +179,7 @@ fn write_guest(caller: &mut Caller<'_, HostState>, bytes: &[u8]) -> Res<(u32, u3
         _ => return Err(violation("the module exports no `openwop_alloc`")),
     };
     let len = u32::try_from(bytes.len()).map_err(|_| violation("value too large"))?;
-    let ptr = alloc.call(&mut *caller, len as i32)? as u32;
+    let ptr = alloc.call_async(&mut *caller, len as i32).await? as u32;
     let mem = memory(caller)?;
     let data = mem.data_mut(&mut *caller);
     let r = guest_range(data.len(), ptr, len).ok_or_else(|| {
@@ -261,14 +264,14 @@ enum Store2 {
     Variables,
 }
 
-fn host_read(
-    mut caller: Caller<'_, HostState>,
+async fn host_read(
+    caller: &mut Caller<'_, HostState>,
     which: Store2,
     ptr: i32,
     len: i32,
 ) -> Res<(u32, u32)> {
-    let name = read_name(&mut caller, ptr, len)?;
-    let io = io(&mut caller);
+    let name = read_name(caller, ptr, len)?;
+    let io = io(caller);
     let map = match which {
         Store2::Channels => &io.channels,
         Store2::Variables => &io.variables,
@@ -276,7 +279,7 @@ fn host_read(
     match map.get(&name) {
         Some(v) => {
             let bytes = serde_json::to_vec(v).map_err(violation)?;
-            write_guest(&mut caller, &bytes)
+            write_guest(caller, &bytes).await
         }
         None => Ok((0, 0)),
     }
@@ -320,35 +323,44 @@ fn host_write(
     Ok(0)
 }
 
-fn host_interrupt(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> Res<(u32, u32)> {
+async fn host_interrupt(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Res<(u32, u32)> {
     let cap = caller.data().max_output_bytes as usize;
-    let raw = read_guest(&mut caller, ptr, len, cap, "interrupt payload")?;
-    if let Some(v) = io(&mut caller).resume_value.take() {
+    let raw = read_guest(caller, ptr, len, cap, "interrupt payload")?;
+    if let Some(v) = io(caller).resume_value.take() {
         let bytes = serde_json::to_vec(&v).map_err(violation)?;
-        return write_guest(&mut caller, &bytes);
+        return write_guest(caller, &bytes).await;
     }
     let payload: Value = serde_json::from_slice(&raw)
         .map_err(|e| violation(format!("interrupt payload is not JSON: {e}")))?;
     Err(wasmtime::Error::new(Suspend(payload)))
 }
 
+/// Link a host function that returns a (ptr, len) pair, in the pair
+/// encoding the module's import expects. These are async host functions
+/// because they may call back into the guest (`openwop_alloc`).
 macro_rules! wrap_pair {
     ($linker:expr, $name:expr, $enc:expr, |$c:ident, $a:ident, $b:ident| $body:expr) => {
         match $enc {
-            PairEncoding::Packed => $linker.func_wrap(
+            PairEncoding::Packed => $linker.func_wrap_async(
                 "openwop",
                 $name,
-                move |$c: Caller<'_, HostState>, $a: i32, $b: i32| -> Res<i64> {
-                    let (p, l) = $body?;
-                    Ok(pack_pair(p, l))
+                move |mut caller: Caller<'_, HostState>, ($a, $b): (i32, i32)| {
+                    Box::new(async move {
+                        let $c = &mut caller;
+                        let (p, l) = $body.await?;
+                        Res::<i64>::Ok(pack_pair(p, l))
+                    })
                 },
             ),
-            PairEncoding::MultiValue => $linker.func_wrap(
+            PairEncoding::MultiValue => $linker.func_wrap_async(
                 "openwop",
                 $name,
-                move |$c: Caller<'_, HostState>, $a: i32, $b: i32| -> Res<(i32, i32)> {
-                    let (p, l) = $body?;
-                    Ok((p as i32, l as i32))
+                move |mut caller: Caller<'_, HostState>, ($a, $b): (i32, i32)| {
+                    Box::new(async move {
+                        let $c = &mut caller;
+                        let (p, l) = $body.await?;
+                        Res::<(i32, i32)>::Ok((p as i32, l as i32))
+                    })
                 },
             ),
         }

@@ -58,9 +58,22 @@ pub(crate) fn load(
     }))
 }
 
+/// Whether invocations of `pack` may run on the caller's async worker.
+///
+/// Core modules (probe and RFC 0008) have host functions that never block
+/// and a Store that yields at every epoch tick (`limits::prepare_store`),
+/// so a hostile loop holds the worker for about one tick at a time. Their
+/// invocation is a few microseconds of work, and a round trip through the
+/// blocking pool cost more than the guest itself. Components link WASI,
+/// whose blocking interfaces (files, sleeps, wasi-http) are tokio futures
+/// that may still do blocking work on the polling thread, so they stay on
+/// the blocking pool.
+pub(crate) fn runs_inline(pack: &LoadedPack) -> bool {
+    !matches!(pack.kind, PackKind::Component(_))
+}
+
 /// Invoke dispatch: the one place that matches on the pack kind at invoke.
-/// Runs guest code on the calling (blocking) thread.
-pub(crate) fn invoke(
+pub(crate) async fn invoke(
     engine: &SandboxEngine,
     pack: &LoadedPack,
     req: &InvokeRequest,
@@ -68,8 +81,8 @@ pub(crate) fn invoke(
     let limits = req.limits.as_ref().unwrap_or(&pack.limits);
     let grants = req.grants.as_ref().unwrap_or(&pack.grants);
     match &pack.kind {
-        PackKind::Probe(p) => probe::invoke(engine, pack, p, req, limits, grants),
-        PackKind::Core(c) => rfc0008::invoke(engine, pack, c, req, limits, grants),
-        PackKind::Component(c) => component::invoke(engine, pack, c, req, limits, grants),
+        PackKind::Probe(p) => probe::invoke(engine, pack, p, req, limits, grants).await,
+        PackKind::Core(c) => rfc0008::invoke(engine, pack, c, req, limits, grants).await,
+        PackKind::Component(c) => component::invoke(engine, pack, c, req, limits, grants).await,
     }
 }

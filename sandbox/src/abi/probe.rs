@@ -103,7 +103,7 @@ pub(crate) fn load(
     })
 }
 
-pub(crate) fn invoke(
+pub(crate) async fn invoke(
     engine: &SandboxEngine,
     pack: &LoadedPack,
     p: &ProbePack,
@@ -128,10 +128,10 @@ pub(crate) fn invoke(
     };
 
     let mut store = Store::new(engine.engine(), HostState::new(limits, None));
-    let budget = prepare_store(&mut store, limits, engine.epoch_tick());
+    let budget = prepare_store(&mut store, limits);
     let instance = match &p.pre {
-        Some(pre) => pre.instantiate(&mut store),
-        None => (|| {
+        Some(pre) => pre.instantiate_async(&mut store).await,
+        None => {
             // initial = the declared minimum; maximum = the cap in pages, or
             // the declared maximum if that is lower (else the import would
             // not type-check). A minimum over the cap fails in the limiter.
@@ -140,11 +140,14 @@ pub(crate) fn invoke(
             let max = declared_max
                 .map_or(limits.memory_pages(), |d| d.min(limits.memory_pages()))
                 .max(min);
-            let mem = Memory::new(&mut store, MemoryType::new(min as u32, Some(max as u32)))?;
             let mut linker = p.linker.clone();
-            linker.define(&store, "env", "memory", mem)?;
-            linker.instantiate(&mut store, &p.module)
-        })(),
+            match Memory::new(&mut store, MemoryType::new(min as u32, Some(max as u32)))
+                .and_then(|mem| linker.define(&store, "env", "memory", mem).map(|_| ()))
+            {
+                Ok(()) => linker.instantiate_async(&mut store, &p.module).await,
+                Err(e) => Err(e),
+            }
+        }
     }
     .map_err(|e| classify(e, &store.data().limiter, &budget))?;
 
@@ -152,11 +155,15 @@ pub(crate) fn invoke(
         return Err(SandboxError::internal("probe export vanished"));
     };
     let r = if *unary {
-        f.typed::<i32, i32>(&store)
-            .and_then(|t| t.call(&mut store, arg))
+        match f.typed::<i32, i32>(&store) {
+            Ok(t) => t.call_async(&mut store, arg).await,
+            Err(e) => Err(e),
+        }
     } else {
-        f.typed::<(), i32>(&store)
-            .and_then(|t| t.call(&mut store, ()))
+        match f.typed::<(), i32>(&store) {
+            Ok(t) => t.call_async(&mut store, ()).await,
+            Err(e) => Err(e),
+        }
     };
     let v = r.map_err(|e| classify(e, &store.data().limiter, &budget))?;
 

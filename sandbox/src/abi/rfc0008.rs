@@ -104,7 +104,7 @@ fn func(
     }
 }
 
-fn call_pair<P: WasmParams>(
+async fn call_pair<P: WasmParams + Send + Sync>(
     store: &mut Store<HostState>,
     f: &Func,
     enc: PairEncoding,
@@ -112,14 +112,22 @@ fn call_pair<P: WasmParams>(
 ) -> wasmtime::Result<(u32, u32)> {
     match enc {
         PairEncoding::Packed => {
-            let v = f.typed::<P, i64>(&*store)?.call(&mut *store, args)? as u64;
+            let t = f.typed::<P, i64>(&*store)?;
+            let v = t.call_async(&mut *store, args).await? as u64;
             Ok((v as u32, (v >> 32) as u32))
         }
         PairEncoding::MultiValue => {
-            let (p, l) = f.typed::<P, (i32, i32)>(&*store)?.call(&mut *store, args)?;
+            let t = f.typed::<P, (i32, i32)>(&*store)?;
+            let (p, l) = t.call_async(&mut *store, args).await?;
             Ok((p as u32, l as u32))
         }
     }
+}
+
+/// Call a `() -> i32` export.
+async fn call_i32(store: &mut Store<HostState>, f: &Func) -> wasmtime::Result<i32> {
+    let t = f.typed::<(), i32>(&*store)?;
+    t.call_async(&mut *store, ()).await
 }
 
 fn read_out(
@@ -166,6 +174,18 @@ pub(crate) fn load(
     opts: &LoadOptions,
     limits: &Limits,
 ) -> Result<Loaded, SandboxError> {
+    // Loading runs on a blocking thread (Sandbox::load); the handshake is
+    // async only because every Store yields at epoch ticks.
+    futures::executor::block_on(load_async(engine, ll, bytes, opts, limits))
+}
+
+async fn load_async(
+    engine: &SandboxEngine,
+    ll: &LoadLimits,
+    bytes: &[u8],
+    opts: &LoadOptions,
+    limits: &Limits,
+) -> Result<Loaded, SandboxError> {
     check_declared(bytes, ll, &engine.config().pool, limits.memory_bytes)?;
     let (module, cache) = engine.module(bytes)?;
     let imports = gate_imports(&module, PackFormat::CoreModule, Some(&opts.grants))?;
@@ -191,19 +211,19 @@ pub(crate) fn load(
     hs.memory_bytes = limits.memory_bytes;
     let io = needs_io(&imports).then(|| Box::new(HostIo::from_context(&NodeContext::default())));
     let mut store = Store::new(engine.engine(), HostState::new(&hs, io));
-    let budget = prepare_store(&mut store, &hs, engine.epoch_tick());
+    let budget = prepare_store(&mut store, &hs);
     let fail = |store: &Store<HostState>, budget: &Budget, e: wasmtime::Error| {
         classify(e, &store.data().limiter, budget)
     };
     let inst = pre
-        .instantiate(&mut store)
+        .instantiate_async(&mut store)
+        .await
         .map_err(|e| fail(&store, &budget, e))?;
 
     // 1. The ABI version, before any other export is touched.
     let f = func(&mut store, &inst, &abi_version)?;
-    let version = f
-        .typed::<(), i32>(&store)
-        .and_then(|t| t.call(&mut store, ()))
+    let version = call_i32(&mut store, &f)
+        .await
         .map_err(|e| fail(&store, &budget, e))?;
     if !SUPPORTED_ABI_VERSIONS
         .iter()
@@ -244,6 +264,7 @@ pub(crate) fn load(
     // 3. Pack name and node typeIds.
     let f = func(&mut store, &inst, &pack_name)?;
     let pair = call_pair(&mut store, &f, enc_of(&module, "openwop_pack_name"), ())
+        .await
         .map_err(|e| fail(&store, &budget, e))?;
     let name = read_id(&store, &mem, pair, "openwop_pack_name()")?;
     if let Some(want) = &opts.name {
@@ -254,9 +275,8 @@ pub(crate) fn load(
         }
     }
     let f = func(&mut store, &inst, &node_count)?;
-    let count = f
-        .typed::<(), i32>(&store)
-        .and_then(|t| t.call(&mut store, ()))
+    let count = call_i32(&mut store, &f)
+        .await
         .map_err(|e| fail(&store, &budget, e))?;
     if count < 0 || count as u32 > ll.max_nodes {
         return Err(SandboxError::abi(format!(
@@ -268,7 +288,9 @@ pub(crate) fn load(
     let enc = enc_of(&module, "openwop_node_id_at");
     let mut nodes: Vec<String> = Vec::with_capacity(count as usize);
     for i in 0..count {
-        let pair = call_pair(&mut store, &f, enc, i).map_err(|e| fail(&store, &budget, e))?;
+        let pair = call_pair(&mut store, &f, enc, i)
+            .await
+            .map_err(|e| fail(&store, &budget, e))?;
         let id = read_id(&store, &mem, pair, &format!("openwop_node_id_at({i})"))?;
         if nodes.contains(&id) {
             return Err(SandboxError::abi(format!(
@@ -309,7 +331,7 @@ struct Request<'a> {
     inputs: &'a Value,
 }
 
-pub(crate) fn invoke(
+pub(crate) async fn invoke(
     engine: &SandboxEngine,
     pack: &LoadedPack,
     c: &CorePack,
@@ -340,10 +362,10 @@ pub(crate) fn invoke(
         .needs_io
         .then(|| Box::new(HostIo::from_context(&req.context)));
     let mut store = Store::new(engine.engine(), HostState::new(limits, io));
-    let budget = prepare_store(&mut store, limits, engine.epoch_tick());
+    let budget = prepare_store(&mut store, limits);
 
-    let run = (|| -> wasmtime::Result<Vec<u8>> {
-        let inst = c.pre.instantiate(&mut store)?;
+    let run = async {
+        let inst = c.pre.instantiate_async(&mut store).await?;
         let Some(Extern::Memory(mem)) = inst.get_module_export(&mut store, &c.memory) else {
             return Err(SandboxError::internal("memory export vanished").into());
         };
@@ -353,7 +375,7 @@ pub(crate) fn invoke(
 
         let len =
             u32::try_from(request.len()).map_err(|_| SandboxError::abi("request too large"))?;
-        let ptr = alloc.call(&mut store, len as i32)? as u32;
+        let ptr = alloc.call_async(&mut store, len as i32).await? as u32;
         {
             let data = mem.data_mut(&mut store);
             let r = guest_range(data.len(), ptr, len).ok_or_else(|| {
@@ -369,7 +391,8 @@ pub(crate) fn invoke(
             &node_invoke,
             c.invoke_enc,
             (index as i32, ptr as i32, len as i32),
-        )?;
+        )
+        .await?;
         let response = read_out(
             &store,
             &mem,
@@ -380,10 +403,13 @@ pub(crate) fn invoke(
         )?;
         // Ownership (RFC 0008 §E): the host frees the response it read and
         // the request it allocated.
-        free.call(&mut store, (rptr as i32, rlen as i32))?;
-        free.call(&mut store, (ptr as i32, len as i32))?;
-        Ok(response)
-    })();
+        free.call_async(&mut store, (rptr as i32, rlen as i32))
+            .await?;
+        free.call_async(&mut store, (ptr as i32, len as i32))
+            .await?;
+        wasmtime::Result::<Vec<u8>>::Ok(response)
+    }
+    .await;
 
     let result = match run {
         Ok(bytes) => parse_response(&bytes)?,

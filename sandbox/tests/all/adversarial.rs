@@ -394,7 +394,8 @@ async fn many_hostile_calls_at_once_host_stays_responsive() {
             }
         }));
     }
-    // The async runtime keeps ticking while guests spin on blocking threads.
+    // The async runtime keeps ticking while guests spin (core modules run
+    // on the workers and yield at every epoch tick).
     let mut worst = Duration::ZERO;
     for _ in 0..20 {
         let t = Instant::now();
@@ -429,6 +430,93 @@ async fn many_hostile_calls_at_once_host_stays_responsive() {
             .unwrap(),
         5
     );
+}
+
+/// Core-module invocations run on the caller's task: a guest in a tight loop
+/// must hand the thread back at every epoch tick. On a single-threaded
+/// runtime, a guest that did not would keep the timer and the second
+/// invocation below from running until its own wall clock ran out.
+#[tokio::test(flavor = "current_thread")]
+async fn a_spinning_guest_yields_the_thread_to_other_tasks() {
+    let s = Sandbox::new(test_config()).unwrap();
+    let spin = s
+        .load(
+            fixture("rfc0035/misbehaving-timeout.wasm"),
+            LoadOptions::new(PackFormat::Probe),
+        )
+        .await
+        .unwrap();
+    let echo = s
+        .load(
+            fixture("rfc0035/well-behaved-echo.wasm"),
+            LoadOptions::new(PackFormat::Probe),
+        )
+        .await
+        .unwrap();
+    let limits = Limits::default()
+        .with_wall_clock(Duration::from_millis(600))
+        .with_fuel(None);
+    let spinning = tokio::spawn({
+        let (s, spin) = (s.clone(), spin.clone());
+        async move {
+            s.invoke_probe(&spin, "invoke", Some(0), &[], Some(limits))
+                .await
+        }
+    });
+    // Let the spinner start (it is polled while this task sleeps).
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let v = s
+        .invoke_probe(&echo, "invoke", Some(7), &[], None)
+        .await
+        .unwrap();
+    assert_eq!(v, 7);
+    assert!(
+        !spinning.is_finished(),
+        "the echo only ran once the spinning guest had ended"
+    );
+    let e = spinning.await.unwrap().unwrap_err();
+    assert_eq!(e.code(), "sandbox_timeout", "{e}");
+}
+
+/// Dropping an invocation's future abandons the guest and frees its slot.
+#[tokio::test(flavor = "current_thread")]
+async fn an_abandoned_invocation_frees_its_slot() {
+    let mut cfg = test_config();
+    cfg.max_concurrent = 1;
+    let s = Sandbox::new(cfg).unwrap();
+    let spin = s
+        .load(
+            fixture("rfc0035/misbehaving-timeout.wasm"),
+            LoadOptions::new(PackFormat::Probe),
+        )
+        .await
+        .unwrap();
+    let echo = s
+        .load(
+            fixture("rfc0035/well-behaved-echo.wasm"),
+            LoadOptions::new(PackFormat::Probe),
+        )
+        .await
+        .unwrap();
+    let long = Limits::default()
+        .with_wall_clock(Duration::from_secs(30))
+        .with_fuel(None);
+    let r = tokio::time::timeout(
+        Duration::from_millis(50),
+        s.invoke_probe(&spin, "invoke", Some(0), &[], Some(long)),
+    )
+    .await;
+    assert!(r.is_err(), "the spinner cannot finish in 50 ms: {r:?}");
+    // The only slot is free again: this would wait 30 s for the spinner
+    // otherwise (and the outer timeout would fire).
+    let v = tokio::time::timeout(
+        Duration::from_secs(5),
+        s.invoke_probe(&echo, "invoke", Some(3), &[], None),
+    )
+    .await
+    .expect("the slot was released")
+    .unwrap();
+    assert_eq!(v, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
