@@ -20,6 +20,13 @@ async fn probe_call(src: &str, limits: Limits) -> Result<i32, SandboxError> {
         .await
 }
 
+/// Load one of the RFC 0035 probe fixtures into `s`.
+async fn load_probe_fixture(s: &Sandbox, rel: &str) -> Arc<LoadedPack> {
+    s.load(fixture(rel), LoadOptions::new(PackFormat::Probe))
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn infinite_loop_in_start_function_times_out() {
     let src = r#"(module (func $s (loop $l (br $l))) (start $s) (func (export "invoke") (param i32) (result i32) (i32.const 0)))"#;
@@ -345,13 +352,7 @@ async fn many_hostile_calls_at_once_host_stays_responsive() {
     let mut cfg = test_config();
     cfg.max_concurrent = 2;
     let s = Sandbox::new(cfg).unwrap();
-    let spin = s
-        .load(
-            fixture("rfc0035/misbehaving-timeout.wasm"),
-            LoadOptions::new(PackFormat::Probe),
-        )
-        .await
-        .unwrap();
+    let spin = load_probe_fixture(&s, "rfc0035/misbehaving-timeout.wasm").await;
     let bomb = s
         .load(
             pack_file("misbehaving-memory/memory-bomb.wasm"),
@@ -359,13 +360,7 @@ async fn many_hostile_calls_at_once_host_stays_responsive() {
         )
         .await
         .unwrap();
-    let echo = s
-        .load(
-            fixture("rfc0035/well-behaved-echo.wasm"),
-            LoadOptions::new(PackFormat::Probe),
-        )
-        .await
-        .unwrap();
+    let echo = load_probe_fixture(&s, "rfc0035/well-behaved-echo.wasm").await;
     let limits = Limits::default()
         .with_wall_clock(Duration::from_millis(150))
         .with_fuel(None);
@@ -439,20 +434,8 @@ async fn many_hostile_calls_at_once_host_stays_responsive() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_spinning_guest_yields_the_thread_to_other_tasks() {
     let s = Sandbox::new(test_config()).unwrap();
-    let spin = s
-        .load(
-            fixture("rfc0035/misbehaving-timeout.wasm"),
-            LoadOptions::new(PackFormat::Probe),
-        )
-        .await
-        .unwrap();
-    let echo = s
-        .load(
-            fixture("rfc0035/well-behaved-echo.wasm"),
-            LoadOptions::new(PackFormat::Probe),
-        )
-        .await
-        .unwrap();
+    let spin = load_probe_fixture(&s, "rfc0035/misbehaving-timeout.wasm").await;
+    let echo = load_probe_fixture(&s, "rfc0035/well-behaved-echo.wasm").await;
     let limits = Limits::default()
         .with_wall_clock(Duration::from_millis(600))
         .with_fuel(None);
@@ -484,20 +467,8 @@ async fn an_abandoned_invocation_frees_its_slot() {
     let mut cfg = test_config();
     cfg.max_concurrent = 1;
     let s = Sandbox::new(cfg).unwrap();
-    let spin = s
-        .load(
-            fixture("rfc0035/misbehaving-timeout.wasm"),
-            LoadOptions::new(PackFormat::Probe),
-        )
-        .await
-        .unwrap();
-    let echo = s
-        .load(
-            fixture("rfc0035/well-behaved-echo.wasm"),
-            LoadOptions::new(PackFormat::Probe),
-        )
-        .await
-        .unwrap();
+    let spin = load_probe_fixture(&s, "rfc0035/misbehaving-timeout.wasm").await;
+    let echo = load_probe_fixture(&s, "rfc0035/well-behaved-echo.wasm").await;
     let long = Limits::default()
         .with_wall_clock(Duration::from_secs(30))
         .with_fuel(None);
@@ -525,13 +496,7 @@ async fn queue_is_bounded() {
     cfg.max_concurrent = 1;
     cfg.max_queued = 2;
     let s = Sandbox::new(cfg).unwrap();
-    let spin = s
-        .load(
-            fixture("rfc0035/misbehaving-timeout.wasm"),
-            LoadOptions::new(PackFormat::Probe),
-        )
-        .await
-        .unwrap();
+    let spin = load_probe_fixture(&s, "rfc0035/misbehaving-timeout.wasm").await;
     let limits = Limits::default()
         .with_wall_clock(Duration::from_millis(300))
         .with_fuel(None);
