@@ -1068,6 +1068,12 @@ async fn flood(args: &BenchArgs) -> anyhow::Result<Vec<Value>> {
                             .as_str()
                             .unwrap_or_default()
                             .to_string(),
+                        // Which limit ended it: `fuel` or `wall-clock` (both are
+                        // `sandbox_timeout` on the wire).
+                        snap["error"]["details"]["reason"]
+                            .as_str()
+                            .unwrap_or("none")
+                            .to_string(),
                         flood_started.elapsed().as_secs_f64(),
                     ))
                 }
@@ -1087,15 +1093,17 @@ async fn flood(args: &BenchArgs) -> anyhow::Result<Vec<Value>> {
         .await;
         let results = hostile.await.unwrap_or_default();
         let mut codes = std::collections::BTreeMap::<String, u64>::new();
+        let mut reasons = std::collections::BTreeMap::<String, u64>::new();
         let mut last_done: f64 = 0.0;
         let mut failed = 0;
         for r in &results {
             match r {
-                Ok((status, code, at)) => {
+                Ok((status, code, reason, at)) => {
                     if status == "failed" {
                         failed += 1;
                     }
                     *codes.entry(code.clone()).or_default() += 1;
+                    *reasons.entry(reason.clone()).or_default() += 1;
                     last_done = last_done.max(*at);
                 }
                 Err(e) => *codes.entry(format!("bench error: {e}")).or_default() += 1,
@@ -1108,6 +1116,7 @@ async fn flood(args: &BenchArgs) -> anyhow::Result<Vec<Value>> {
             "hostile_runs": args.hostile,
             "hostile_failed": failed,
             "hostile_error_codes": codes,
+            "hostile_ended_by": reasons,
             "hostile_all_done_s": round2(last_done),
             "baseline": stats_json(base, bw),
             "during_flood": stats_json(during, dw),
